@@ -1,0 +1,96 @@
+"""Element ids: the partition number in the high bits, a per-partition sequence in the low bits.
+
+An id therefore names its partition, and the partition map names the hosts: routing needs no
+per-element lookup. The primary of a partition hands out the next sequence number locally; the
+sequence high-water mark is written in the same storage transaction as the element, so an id
+that was ever acknowledged is never handed out again, whatever happens to the process.
+"""
+
+import itertools
+
+from zope.interface import implementer
+
+from nodedb.errors import InvalidRequest, Unavailable
+from nodedb.interfaces import IIdAllocator
+
+ID_BITS = 64
+DEFAULT_PARTITION_BITS = 16
+MAX_ID = (1 << ID_BITS) - 1
+
+
+class IdLayout:
+    """How a 64-bit id splits into partition number and sequence."""
+
+    def __init__(self, partition_bits=DEFAULT_PARTITION_BITS):
+        if not 1 <= partition_bits <= 32:
+            raise ValueError("partition_bits must be between 1 and 32")
+        self.partition_bits = partition_bits
+        self.sequence_bits = ID_BITS - partition_bits
+        self.max_partitions = 1 << partition_bits
+        self.max_sequence = (1 << self.sequence_bits) - 1
+
+    def make(self, partition, sequence):
+        """The id of *sequence* in *partition*."""
+        return (partition << self.sequence_bits) | sequence
+
+    def partition_of(self, element_id):
+        """The partition that holds *element_id*."""
+        return element_id >> self.sequence_bits
+
+    def sequence_of(self, element_id):
+        return element_id & self.max_sequence
+
+    def first_id(self, partition):
+        """The smallest id that can live in *partition* (sequence 0 is never used)."""
+        return self.make(partition, 0)
+
+    def last_id(self, partition):
+        return self.make(partition, self.max_sequence)
+
+
+def check_element_id(value):
+    """*value* as an element id, or InvalidRequest."""
+    if type(value) is not int or not 0 <= value <= MAX_ID:
+        raise InvalidRequest("an element id is an unsigned 64-bit integer")
+    return value
+
+
+@implementer(IIdAllocator)
+class IdAllocator:
+    """Hands out ids in the partitions this host is primary for.
+
+    Inserts without ``near`` rotate over the local partitions so that load and data spread
+    evenly; ``near`` pins the new element to the partition of an existing one.
+    """
+
+    def __init__(self, layout, high_water_marks):
+        """
+        :param layout: the cluster's :class:`IdLayout`.
+        :param high_water_marks: ``{partition: last sequence ever used}`` for every partition
+            this host may allocate in (read from storage at start-up).
+        """
+        self.layout = layout
+        self._last = dict(high_water_marks)
+        self._rotation = itertools.cycle(sorted(self._last)) if self._last else None
+
+    def partitions(self):
+        return sorted(self._last)
+
+    def choose_partition(self, near=None):
+        if near is not None:
+            partition = self.layout.partition_of(check_element_id(near))
+            if partition not in self._last:
+                raise Unavailable(f"partition {partition} is not held by this host")
+            return partition
+        if self._rotation is None:
+            raise Unavailable("this host holds no partition to insert into")
+        return next(self._rotation)
+
+    def allocate(self, partition):
+        last = self._last.get(partition)
+        if last is None:
+            raise Unavailable(f"partition {partition} is not held by this host")
+        if last >= self.layout.max_sequence:
+            raise Unavailable(f"partition {partition} has used its whole id range")
+        self._last[partition] = last + 1
+        return self.layout.make(partition, last + 1)

@@ -1,0 +1,252 @@
+"""Every service of a nodedb node, as a zope interface.
+
+A node is assembled from one provider of each interface (see :func:`nodedb.node.make_node`).
+Tests swap in fakes, and plugins swap in other storage engines, transports or id allocators,
+without touching the rest. Services that later issues build (gossip, voting, log sync,
+reliability) are declared here already so that the seams are fixed before the code arrives.
+
+Conventions: methods that may wait on disk or network return a ``Deferred``; methods that only
+read local state answer synchronously. Element ids are unsigned 64-bit ints, record types are
+``[a-z0-9_]{1,64}`` strings, documents travel between services as CBOR-encoded ``bytes``.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IStorageBackend(Interface):
+    """Durable local storage: elements per record type, a commit log per partition, metadata.
+
+    Writes are grouped: :meth:`commit` calls that arrive while a durable transaction is under
+    way share the next one, and each call is applied all-or-nothing. Reads are synchronous and
+    see every commit whose Deferred has fired.
+
+    The contract suite in ``tests/contract/test_storage.py`` states the behaviour precisely;
+    any backend must pass it (see ``docs/plugins.md``).
+    """
+
+    name = Attribute("Short name of the backend, as chosen with ``--storage``.")
+
+    def open():
+        """Open or create the store.
+
+        :return: a Deferred that fires with None once the store is ready, or fails with
+            :class:`nodedb.errors.Unavailable` if it cannot be opened (for example a store
+            written by a newer schema version).
+        """
+
+    def close():
+        """Finish the writes under way, then release the store.
+
+        :return: a Deferred that fires once everything is released.
+        """
+
+    def commit(operations, timestamp):
+        """Apply *operations* atomically: all of them or none.
+
+        :param operations: a sequence of :class:`nodedb.storage.Insert`,
+            :class:`~nodedb.storage.Update` and :class:`~nodedb.storage.Delete`; they may span
+            record types and partitions.
+        :param timestamp: seconds since the epoch, recorded in each commit log entry.
+        :return: a Deferred that fires, once the change is durable, with a list holding
+            ``(element_id, version)`` for each operation in order (the version of a delete
+            is the commit id of the delete), or fails with
+            :class:`~nodedb.errors.Conflict` (an ``if_version`` did not match, or an insert's
+            id exists), :class:`~nodedb.errors.NotFound` (update or delete of a missing
+            element) or :class:`~nodedb.errors.Unavailable` (the store is full or closed);
+            on failure nothing was applied.
+        """
+
+    def get(record_type, element_id):
+        """The stored element.
+
+        :return: ``(data, version)`` with *data* the CBOR bytes of the document, or None if
+            there is no such element.
+        """
+
+    def scan(record_type, after_id, limit):
+        """Elements of *record_type* in id order.
+
+        :param after_id: return ids strictly greater than this (-1 for the first).
+        :param limit: the most elements to return.
+        :return: a list of ``(element_id, data, version)``, fewer than *limit* only at the end.
+        """
+
+    def read_log(partition, after_commit_id, limit):
+        """Commit log entries of *partition* with commit ids greater than *after_commit_id*.
+
+        :return: a list of :class:`nodedb.storage.LogEntry` in commit order, at most *limit*.
+        """
+
+    def partition_state(partition):
+        """:return: the :class:`nodedb.storage.PartitionState` of *partition* (zeros if the
+            partition has never been written)."""
+
+    def get_meta(key):
+        """:return: the value stored under the text *key* in the meta store, or None."""
+
+    def set_meta(items):
+        """Durably store ``{text key: CBOR-serialisable value}``.
+
+        :return: a Deferred that fires once the values are durable.
+        """
+
+    def stats():
+        """:return: a dict with at least ``size_bytes`` (space used by the store) and
+            ``free_bytes`` (space left for it), for status and placement."""
+
+
+class IStorageBackendPlugin(Interface):
+    """A storage engine that ``--storage NAME`` can select.
+
+    Plugins are found with :func:`twisted.plugin.getPlugins` in the ``nodedb.plugins``
+    package (and any ``nodedb/plugins/`` directory on ``sys.path``).
+    """
+
+    name = Attribute("The name given to ``--storage``.")
+
+    def make_backend(data_dir, options):
+        """:return: a new, unopened :class:`IStorageBackend` that keeps its files in
+            *data_dir*; *options* is the node's :class:`nodedb.config.NodeConfig`."""
+
+
+class IIdAllocator(Interface):
+    """Hands out element ids inside the partitions this host is primary for."""
+
+    layout = Attribute("The :class:`nodedb.ids.IdLayout` of the cluster.")
+
+    def partitions():
+        """:return: the sorted partition numbers this host may allocate ids in."""
+
+    def choose_partition(near=None):
+        """The partition for a new element: that of *near* when given, else one chosen to
+        spread inserts.
+
+        :raise nodedb.errors.Unavailable: if this host may not allocate there.
+        """
+
+    def allocate(partition):
+        """:return: a fresh id in *partition*, higher than any id handed out there before."""
+
+
+class IPeerTransport(Interface):
+    """Moves request/response messages between hosts, and from clients to hosts.
+
+    Messages are CBOR maps (see ``docs/protocol.md``). The TCP transport listens on the
+    node's ``--listen`` endpoint; the simulator provides an in-memory one.
+    """
+
+    def register(op, handler):
+        """Serve requests whose ``op`` is *op* with ``handler(request, peer)``.
+
+        The handler returns a value or a Deferred of one; raising a
+        :class:`nodedb.errors.NodeDBError` sends that error to the caller.
+        """
+
+    def listen():
+        """:return: a Deferred that fires with the listening port once requests are served."""
+
+    def call(address, op, arguments, timeout):
+        """Send a request to the host at *address* (``"host:port"``).
+
+        :return: a Deferred that fires with the reply value, or fails with the error the
+            remote handler raised, :class:`~nodedb.errors.Timeout` after *timeout* seconds,
+            or :class:`~nodedb.errors.Unavailable` if the host cannot be reached.
+        """
+
+
+class IGossip(Interface):
+    """Spreads the network information (NI) to every host."""
+
+    def local_entry():
+        """:return: this host's own NI entry."""
+
+    def update_local(**fields):
+        """Change fields of this host's own entry; the change spreads with the next rounds."""
+
+    def hosts():
+        """:return: every NI host entry this host knows, its own first."""
+
+    def join(seeds):
+        """Fetch the NI from the first reachable of *seeds*.
+
+        :return: a Deferred that fires once this host knows the network.
+        """
+
+
+class IVoting(Interface):
+    """Consensus among a few voter hosts on membership, the partition map and id ranges."""
+
+    def propose(decision):
+        """:return: a Deferred that fires with the decision's log index once it is committed."""
+
+    def partition_map():
+        """:return: the current committed partition map: partition -> replica set, primary,
+            epoch."""
+
+    def leader():
+        """:return: the host id of the current leader, or None while there is none."""
+
+
+class ILogSync(Interface):
+    """Ships each partition's commit log from its primary to the replicas."""
+
+    def replicate(partition, entries):
+        """Stream *entries* to the partition's followers.
+
+        :return: a Deferred that fires once a majority of the replica set has them durable.
+        """
+
+    def catch_up(partition):
+        """Bring the local copy of *partition* up to date (from the log, or by full resync).
+
+        :return: a Deferred that fires when the local copy is current.
+        """
+
+
+class IReliability(Interface):
+    """Unreliability scores from timeouts and successes; host availability."""
+
+    def record_success(host_id, rtt):
+        """A call to *host_id* succeeded after *rtt* seconds."""
+
+    def record_timeout(host_id):
+        """A call to *host_id* timed out."""
+
+    def is_available(host_id):
+        """:return: False once the host's score has crossed the unavailability threshold."""
+
+    def score(host_id):
+        """:return: the host's current unreliability score (0 is perfect)."""
+
+
+class IQuery(Interface):
+    """Accepts client requests; finds, routes and runs them; coordinates transactions.
+
+    Documents here are plain dicts (already checked by the wire layer); results are the
+    values of the client API in ``docs/protocol.md``.
+    """
+
+    def insert(record_type, doc, near=None):
+        """:return: a Deferred that fires with the new element's id."""
+
+    def get(record_type, element_id):
+        """:return: a Deferred (or value) with ``[doc, version]``; fails with NotFound."""
+
+    def update(record_type, element_id, doc, if_version=None):
+        """:return: a Deferred that fires with the new version."""
+
+    def delete(record_type, element_id, if_version=None):
+        """:return: a Deferred that fires with the version of the delete."""
+
+    def scan(record_type, where=None, limit=None, cursor=None):
+        """:return: a Deferred (or value) with ``{"items": [[id, doc, version], ...],
+            "cursor": str or None}``."""
+
+    def transaction(operations):
+        """Apply *operations* (``{"op": "insert"|"update"|"delete", ...}`` maps) all or none.
+
+        :return: a Deferred that fires with the list of results in order.
+        """
+
+    def status():
+        """:return: the status document served at ``/status``."""

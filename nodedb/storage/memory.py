@@ -1,0 +1,146 @@
+"""An in-memory storage backend: the reference for tests and the cluster simulator.
+
+It keeps exactly the semantics of the LMDB backend (both run
+:func:`nodedb.storage.apply.apply_operations`) but nothing survives the process, unless the
+simulator hands the same :class:`MemoryStore` to a restarted node to model "restart from
+storage".
+"""
+
+import bisect
+import dataclasses
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from nodedb.errors import NodeDBError, Unavailable
+from nodedb.ids import IdLayout
+from nodedb.interfaces import IStorageBackend
+from nodedb.storage import SCHEMA_VERSION, LogEntry, PartitionState
+from nodedb.storage.apply import apply_operations
+
+
+class MemoryStore:
+    """The data of a memory backend, kept apart so that it can outlive one backend object."""
+
+    def __init__(self):
+        self.types = {}  # record type -> {element id: (data, version)}
+        self.sorted_ids = {}  # record type -> sorted list of ids
+        self.log = {}  # partition -> list of LogEntry in commit order
+        self.partitions = {}  # partition -> PartitionState
+        self.meta = {"schema_version": SCHEMA_VERSION}
+
+
+class _Overlay:
+    """A transaction over a :class:`MemoryStore` that is applied only if it succeeds."""
+
+    _DELETED = object()
+
+    def __init__(self, store):
+        self.store = store
+        self.elements = {}  # (type, id) -> (data, version) or _DELETED
+        self.states = {}
+        self.entries = []
+
+    def get_element(self, record_type, element_id):
+        value = self.elements.get((record_type, element_id))
+        if value is None:
+            return self.store.types.get(record_type, {}).get(element_id)
+        return None if value is self._DELETED else value
+
+    def put_element(self, record_type, element_id, data, version):
+        self.elements[(record_type, element_id)] = (data, version)
+
+    def delete_element(self, record_type, element_id):
+        self.elements[(record_type, element_id)] = self._DELETED
+
+    def partition_state(self, partition):
+        state = self.states.get(partition) or self.store.partitions.get(partition)
+        return dataclasses.replace(state) if state is not None else PartitionState(partition)
+
+    def put_partition_state(self, state):
+        self.states[state.partition] = dataclasses.replace(state)
+
+    def append_log(self, entry):
+        self.entries.append(entry)
+
+    def apply(self):
+        store = self.store
+        for (record_type, element_id), value in self.elements.items():
+            table = store.types.setdefault(record_type, {})
+            ids = store.sorted_ids.setdefault(record_type, [])
+            if value is self._DELETED:
+                if table.pop(element_id, None) is not None:
+                    del ids[bisect.bisect_left(ids, element_id)]
+            else:
+                if element_id not in table:
+                    bisect.insort(ids, element_id)
+                table[element_id] = value
+        store.partitions.update(self.states)
+        for entry in self.entries:
+            store.log.setdefault(entry.partition, []).append(entry)
+
+
+@implementer(IStorageBackend)
+class MemoryStorage:
+    """Storage in Python dicts; every commit is applied at once."""
+
+    name = "memory"
+
+    def __init__(self, store=None, layout=None):
+        self.store = store if store is not None else MemoryStore()
+        self.layout = layout or IdLayout()
+        self._open = False
+
+    def open(self):
+        self._open = True
+        return defer.succeed(None)
+
+    def close(self):
+        self._open = False
+        return defer.succeed(None)
+
+    def commit(self, operations, timestamp):
+        if not self._open:
+            return defer.fail(Unavailable("storage is closed"))
+        overlay = _Overlay(self.store)
+        try:
+            results = apply_operations(overlay, operations, timestamp, self.layout)
+        except NodeDBError as e:
+            return defer.fail(e)
+        overlay.apply()
+        return defer.succeed(results)
+
+    def get(self, record_type, element_id):
+        return self.store.types.get(record_type, {}).get(element_id)
+
+    def scan(self, record_type, after_id, limit):
+        ids = self.store.sorted_ids.get(record_type, [])
+        table = self.store.types[record_type] if ids else {}
+        start = bisect.bisect_right(ids, after_id)
+        return [(i, *table[i]) for i in ids[start : start + limit]]
+
+    def read_log(self, partition, after_commit_id, limit):
+        entries = self.store.log.get(partition, [])
+        start = bisect.bisect_right(entries, after_commit_id, key=lambda entry: entry.commit_id)
+        return entries[start : start + limit]
+
+    def partition_state(self, partition):
+        state = self.store.partitions.get(partition)
+        return dataclasses.replace(state) if state is not None else PartitionState(partition)
+
+    def get_meta(self, key):
+        return self.store.meta.get(key)
+
+    def set_meta(self, items):
+        if not self._open:
+            return defer.fail(Unavailable("storage is closed"))
+        self.store.meta.update(items)
+        return defer.succeed(None)
+
+    def stats(self):
+        size = sum(len(data) + 16 for table in self.store.types.values() for data, _v in table.values())
+        size += sum(len(entry.data) + 32 for log in self.store.log.values() for entry in log)
+        return {"size_bytes": size, "free_bytes": 1 << 40}
+
+
+__all__ = ["MemoryStorage", "MemoryStore", "LogEntry"]

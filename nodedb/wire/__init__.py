@@ -1,0 +1,1 @@
+"""The wire: CBOR messages in length-prefixed frames (see docs/protocol.md)."""
