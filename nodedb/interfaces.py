@@ -104,9 +104,10 @@ class IStorageBackendPlugin(Interface):
 
     name = Attribute("The name given to ``--storage``.")
 
-    def make_backend(data_dir, options):
+    def make_backend(data_dir, options, reactor):
         """:return: a new, unopened :class:`IStorageBackend` that keeps its files in
-            *data_dir*; *options* is the node's :class:`nodedb.config.NodeConfig`."""
+            *data_dir*; *options* is the node's :class:`nodedb.config.NodeConfig`, *reactor*
+            the reactor it runs under (for threads and timers)."""
 
 
 class IIdAllocator(Interface):
@@ -135,10 +136,10 @@ class IPeerTransport(Interface):
     node's ``--listen`` endpoint; the simulator provides an in-memory one.
     """
 
-    def register(op, handler):
-        """Serve requests whose ``op`` is *op* with ``handler(request, peer)``.
+    def serve(dispatch):
+        """Serve every incoming request with ``dispatch(request, channel)``.
 
-        The handler returns a value or a Deferred of one; raising a
+        *dispatch* returns the reply value or a Deferred of it; raising a
         :class:`nodedb.errors.NodeDBError` sends that error to the caller.
         """
 

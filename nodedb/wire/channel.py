@@ -27,14 +27,16 @@ class Channel(Int32StringReceiver):
 
     :ivar dispatch: ``dispatch(request, channel)`` serves an incoming request; it returns
         the reply value or a Deferred of it, or raises a NodeDBError. None refuses requests.
+    :ivar on_made: called with the channel once it is connected.
     :ivar on_lost: called with the reason once the connection is gone.
     """
 
     _log = Logger()
 
-    def __init__(self, dispatch=None, max_frame=DEFAULT_MAX_FRAME, on_lost=None):
+    def __init__(self, dispatch=None, max_frame=DEFAULT_MAX_FRAME, on_made=None, on_lost=None):
         self.MAX_LENGTH = max_frame
         self.dispatch = dispatch
+        self.on_made = on_made
         self.on_lost = on_lost
         self.connected_ = False
         self._next_id = 1
@@ -47,6 +49,8 @@ class Channel(Int32StringReceiver):
         self.connected_ = True
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        if self.on_made is not None:
+            self.on_made(self)
 
     def connectionLost(self, reason):
         self.connected_ = False

@@ -1,0 +1,107 @@
+"""The admin HTTP site: ``/status`` (JSON), ``/metrics`` (Prometheus text) and ``/`` (a page).
+
+It is read-only and, like the request port, refuses to listen beyond loopback without TLS
+unless ``--insecure`` is given.
+"""
+
+import html
+import json
+
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+
+class _Status(Resource):
+    isLeaf = True
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(self.node.status(), indent=2).encode("utf-8") + b"\n"
+
+
+class _Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, metrics):
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+        return self.metrics.render()
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>nodedb {host_id}</title>
+<meta http-equiv="refresh" content="5">
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
+th{{background:#eee}}</style></head>
+<body><h1>nodedb</h1>
+<p>Cluster <code>{cluster_id}</code>, {partitions} partitions, replication factor {replicas}.
+This is host <code>{host_id}</code>. Machine-readable: <a href="/status">/status</a>,
+<a href="/metrics">/metrics</a>.</p>
+<table><tr><th>host</th><th>address</th><th>status</th><th>partitions</th>
+<th>unreliability</th><th>size</th><th>free</th></tr>
+{rows}
+</table></body></html>
+"""
+
+
+def _size(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+class _Page(Resource):
+    isLeaf = True
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    def render_GET(self, request):
+        status = self.node.status()
+        rows = "\n".join(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(cell))}</td>"
+                for cell in (
+                    host["id"],
+                    host["address"],
+                    host["status"],
+                    host["partition_count"],
+                    host["unreliability"],
+                    _size(host["size_bytes"]),
+                    _size(host["free_bytes"]),
+                )
+            )
+            + "</tr>"
+            for host in status["hosts"]
+        )
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        cluster = status["cluster"]
+        return _PAGE.format(
+            host_id=html.escape(status["host"]["id"]),
+            cluster_id=html.escape(cluster["id"]),
+            partitions=cluster["partitions"],
+            replicas=cluster["replicas"],
+            rows=rows,
+        ).encode("utf-8")
+
+
+def make_admin_site(node):
+    """:return: the twisted.web Site serving *node*'s admin pages."""
+    root = Resource()
+    root.putChild(b"", _Page(node))
+    root.putChild(b"status", _Status(node))
+    root.putChild(b"metrics", _Metrics(node.metrics))
+    site = Site(root)
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,321 @@
+"""The ``nodedb`` command: talk to a cluster from the shell.
+
+Every user error (bad arguments, unreachable node, missing element, conflicting version) is
+one line on stderr and a non-zero exit status: 2 for a malformed command line, 1 otherwise.
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import sys
+
+from twisted.internet import defer
+from twisted.internet.task import react
+
+from nodedb import errors
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+_WHERE = re.compile(r"^(?P<field>[^<>=\s]+)\s*(?P<op><=|>=|<|>|=)(?P<value>.*)$", re.S)
+_WHERE_IN = re.compile(r"^(?P<field>[^<>=\s]+)\s+in\s+(?P<value>.*)$", re.S)
+
+
+class UsageError(Exception):
+    """The command line is malformed; the message says how."""
+
+
+def _json_default(value):
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _dumps(value):
+    return json.dumps(value, default=_json_default, ensure_ascii=False, sort_keys=False)
+
+
+def _json_argument(text, what):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} is not valid JSON: {e}") from None
+
+
+def _document(text):
+    doc = _json_argument(text, "the document")
+    if not isinstance(doc, dict):
+        raise UsageError("the document must be a JSON object")
+    return doc
+
+
+def _element_id(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an element id: {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"not an element id: {text!r}")
+    return value
+
+
+def _version(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a version: {text!r}")
+    return value
+
+
+def _positive(text):
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return value
+
+
+def _filter_value(text):
+    """VALUE as JSON when it parses (``30`` is a number, ``"30"`` text), else as text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_where(clauses):
+    """``["age>=18", "name=ada", "tag in [\\"a\\",\\"b\\"]"]`` as a scan ``where`` map."""
+    where = {}
+    for clause in clauses:
+        match = _WHERE_IN.match(clause)
+        if match:
+            op, value = "in", _filter_value(match["value"])
+            if not isinstance(value, list):
+                raise UsageError(f"--where {clause!r}: 'in' takes a JSON list")
+        else:
+            match = _WHERE.match(clause)
+            if not match:
+                raise UsageError(f"--where {clause!r}: use FIELD=VALUE, or <, <=, >, >=, 'in' in place of =")
+            op, value = match["op"], _filter_value(match["value"])
+        conditions = where.setdefault(match["field"], {})
+        if op in conditions:
+            raise UsageError(f"--where: {match['field']} {op} is given twice")
+        conditions[op] = value
+    return where
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="nodedb", description="Talk to a nodedb cluster.")
+    parser.add_argument(
+        "--connect",
+        action="append",
+        metavar="HOST:PORT",
+        help="a node to connect to (repeatable; default $NODEDB_CONNECT or 127.0.0.1:7400)",
+    )
+    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take (default 10)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    insert = commands.add_parser("insert", help="insert a document; prints its new id")
+    insert.add_argument("type")
+    insert.add_argument("document", metavar="JSON")
+    insert.add_argument("--near", type=_element_id, metavar="ID", help="store it in the partition of element ID")
+
+    get = commands.add_parser("get", help="print a document as JSON")
+    get.add_argument("type")
+    get.add_argument("id", type=_element_id)
+
+    update = commands.add_parser("update", help="replace a document; prints its new version")
+    update.add_argument("type")
+    update.add_argument("id", type=_element_id)
+    update.add_argument("document", metavar="JSON")
+    update.add_argument("--if-version", type=_version, metavar="V", help="only if the element is at version V")
+
+    delete = commands.add_parser("delete", help="delete an element; prints the version of the delete")
+    delete.add_argument("type")
+    delete.add_argument("id", type=_element_id)
+    delete.add_argument("--if-version", type=_version, metavar="V", help="only if the element is at version V")
+
+    scan = commands.add_parser("scan", help="print matching documents, one JSON object a line, in id order")
+    scan.add_argument("type")
+    scan.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="filter (repeatable); also FIELD<VALUE, <=, >, >=, or 'FIELD in [JSON list]'",
+    )
+    scan.add_argument("--limit", type=_positive, metavar="N", help="print at most N documents")
+    scan.add_argument("--cursor", metavar="CURSOR", help="resume after a previous scan's cursor")
+
+    commands.add_parser("status", help="print the hosts of the cluster")
+
+    transaction = commands.add_parser(
+        "transaction", help="apply the operations of a JSON file (or - for stdin) all or none"
+    )
+    transaction.add_argument("file", metavar="FILE")
+    return parser
+
+
+def _addresses(args):
+    if args.connect:
+        return args.connect
+    env = os.environ.get("NODEDB_CONNECT", "").strip()
+    if env:
+        return [address.strip() for address in env.split(",") if address.strip()]
+    return ["127.0.0.1:7400"]
+
+
+def _read_operations(path):
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    operations = _json_argument(text, path)
+    if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        raise UsageError(
+            f"{path} must hold a JSON list of operations such as "
+            '{"op": "insert", "type": "user", "doc": {...}} or {"op": "update", "type": "user", "id": 1, "doc": {...}}'
+        )
+    return operations
+
+
+def _queue(tx, operation, index):
+    kind = operation.get("op")
+    known = {"insert": {"op", "type", "doc", "near"}, "update": {"op", "type", "id", "doc", "if_version"}, "delete": {"op", "type", "id", "if_version"}}
+    if kind not in known:
+        raise UsageError(f"operation {index}: op must be insert, update or delete")
+    unknown = set(operation) - known[kind]
+    if unknown:
+        raise UsageError(f"operation {index}: unknown field {sorted(unknown)[0]!r}")
+    if kind == "insert":
+        tx.insert(operation.get("type"), operation.get("doc"), operation.get("near"))
+    elif kind == "update":
+        tx.update(operation.get("type"), operation.get("id"), operation.get("doc"), operation.get("if_version"))
+    else:
+        tx.delete(operation.get("type"), operation.get("id"), operation.get("if_version"))
+
+
+def _print(value):
+    sys.stdout.write(value + "\n")
+
+
+async def _insert(client, args):
+    element_id = await client.insert(args.type, _document(args.document), near=args.near)
+    _print(_dumps({"id": element_id}) if args.json else str(element_id))
+
+
+async def _get(client, args):
+    doc, version = await client.get(args.type, args.id)
+    _print(_dumps({"_id": args.id, "_version": version, **doc} if args.json else doc))
+
+
+async def _update(client, args):
+    version = await client.update(args.type, args.id, _document(args.document), if_version=args.if_version)
+    _print(_dumps({"version": version}) if args.json else str(version))
+
+
+async def _delete(client, args):
+    version = await client.delete(args.type, args.id, if_version=args.if_version)
+    _print(_dumps({"version": version}) if args.json else str(version))
+
+
+async def _scan(client, args):
+    where = parse_where(args.where)
+    remaining = args.limit
+    cursor = args.cursor
+    while True:
+        page_size = min(remaining, 1000) if remaining is not None else 1000
+        page = await client.scan(args.type, where=where or None, limit=page_size, cursor=cursor)
+        for element_id, doc, version in page.items:
+            _print(_dumps({"_id": element_id, "_version": version, **doc}))
+        cursor = page.cursor
+        if remaining is not None:
+            remaining -= len(page.items)
+            if remaining <= 0:
+                if cursor is not None:
+                    sys.stderr.write(f"more results: --cursor {cursor}\n")
+                return
+        if cursor is None:
+            return
+
+
+async def _status(client, args):
+    status = await client.status()
+    if args.json:
+        _print(_dumps(status))
+        return
+    rows = [("ID", "ADDRESS", "STATUS", "PARTITIONS", "UNRELIABILITY")]
+    for host in status["hosts"]:
+        ranges = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in host["partitions"])
+        rows.append((host["id"], host["address"], host["status"], ranges or "-", f"{host['unreliability']:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+async def _transaction(client, args):
+    operations = _read_operations(args.file)
+    tx = client.transaction()
+    for index, operation in enumerate(operations):
+        _queue(tx, operation, index)
+    results = await tx.commit()
+    if args.json:
+        _print(_dumps(results))
+    else:
+        for result in results:
+            _print(str(result))
+
+
+_COMMANDS = {
+    "insert": _insert,
+    "get": _get,
+    "update": _update,
+    "delete": _delete,
+    "scan": _scan,
+    "status": _status,
+    "transaction": _transaction,
+}
+
+
+async def _run(reactor, args):
+    from nodedb.client import connect
+
+    client = await connect(reactor, _addresses(args), timeout=args.timeout)
+    try:
+        await _COMMANDS[args.command](client, args)
+    finally:
+        await client.close()
+
+
+def _finish(reactor, args):
+    d = defer.ensureDeferred(_run(reactor, args))
+
+    def failed(failure):
+        error = failure.value
+        if isinstance(error, UsageError):
+            sys.stderr.write(f"nodedb: {error}\n")
+            raise SystemExit(EXIT_USAGE)
+        if isinstance(error, errors.NodeDBError):
+            sys.stderr.write(f"nodedb: {error.wire_name}: {error}\n")
+            raise SystemExit(EXIT_ERROR)
+        return failure
+
+    return d.addErrback(failed)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.timeout <= 0:
+        build_parser().error("--timeout must be positive")
+    react(_finish, (args,))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The Twisted client of nodedb.
+
+::
+
+    from nodedb.client import connect
+
+    client = await connect(reactor, ["127.0.0.1:7400"])
+    user_id = await client.insert("user", {"name": "ada"})
+    doc, version = await client.get("user", user_id)
+    await client.update("user", user_id, {"name": "ada", "age": 36}, if_version=version)
+    page = await client.scan("user", where={"age": {">=": 18}}, limit=100)
+    tx = client.transaction()
+    tx.insert("order", {"user": user_id}, near=user_id)
+    tx.update("user", user_id, {"name": "ada", "orders": 1})
+    new_order_id, new_version = await tx.commit()
+    await client.close()
+
+Every method returns a Deferred. Failures are :class:`nodedb.errors.NodeDBError` subclasses.
+The client keeps one connection up, to the first reachable of the addresses it was given, and
+moves to the next address by itself when that one goes away. Reads that fail because the
+connection dropped are retried on the next connection; writes are not (they may have been
+applied), and fail with :class:`~nodedb.errors.Unavailable`.
+"""
+
+from dataclasses import dataclass
+
+from twisted.internet import defer
+
+from nodedb import errors
+from nodedb.wire.channel import DEFAULT_MAX_FRAME, hello_request
+from nodedb.wire.connection import PersistentConnection, tcp_endpoints
+
+DEFAULT_TIMEOUT = 10.0
+CLIENT_NAME = "nodedb-python"
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a scan: ``items`` is a list of ``(id, doc, version)`` in id order;
+    ``cursor`` resumes after the last one, and is None after the last page."""
+
+    items: list
+    cursor: str | None
+
+
+def _without_none(**arguments):
+    return {name: value for name, value in arguments.items() if value is not None}
+
+
+class Client:
+    """A connection to a nodedb cluster; build it with :func:`connect`."""
+
+    def __init__(self, connection, timeout=DEFAULT_TIMEOUT):
+        self._connection = connection
+        self.timeout = timeout
+
+    @property
+    def server(self):
+        """What the connected node said about itself in the handshake."""
+        return self._connection.server
+
+    def _call(self, op, arguments, idempotent=False):
+        d = self._connection.call(op, arguments, self.timeout)
+        if idempotent:
+            d.addErrback(self._retry_read, op, arguments)
+        return d
+
+    def _retry_read(self, failure, op, arguments):
+        failure.trap(errors.Unavailable)
+        return self._connection.call(op, arguments, self.timeout)
+
+    def insert(self, record_type, doc, near=None):
+        """:return: a Deferred that fires with the new element's id."""
+        return self._call("insert", _without_none(type=record_type, doc=doc, near=near))
+
+    def get(self, record_type, element_id):
+        """:return: a Deferred that fires with ``(doc, version)``, or fails with NotFound."""
+        d = self._call("get", {"type": record_type, "key": element_id}, idempotent=True)
+        return d.addCallback(tuple)
+
+    def update(self, record_type, element_id, doc, if_version=None):
+        """Replace the document; :return: a Deferred that fires with the new version."""
+        return self._call("update", _without_none(type=record_type, key=element_id, doc=doc, if_version=if_version))
+
+    def delete(self, record_type, element_id, if_version=None):
+        """:return: a Deferred that fires with the version (commit id) of the delete."""
+        return self._call("delete", _without_none(type=record_type, key=element_id, if_version=if_version))
+
+    def scan(self, record_type, where=None, limit=None, cursor=None):
+        """:return: a Deferred that fires with a :class:`Page`."""
+        d = self._call("scan", _without_none(type=record_type, where=where, limit=limit, cursor=cursor), idempotent=True)
+        return d.addCallback(lambda page: Page([tuple(item) for item in page["items"]], page["cursor"]))
+
+    def transaction(self):
+        """:return: a :class:`Transaction` to queue operations on."""
+        return Transaction(self)
+
+    def status(self):
+        """:return: a Deferred that fires with the connected node's status document."""
+        return self._call("status", None, idempotent=True)
+
+    def close(self):
+        """:return: a Deferred that fires once the connection is closed."""
+        return self._connection.stop()
+
+
+class Transaction:
+    """Operations that :meth:`commit` applies all together or not at all."""
+
+    def __init__(self, client):
+        self._client = client
+        self._operations = []
+        self._committed = False
+
+    def insert(self, record_type, doc, near=None):
+        self._operations.append(_without_none(op="insert", type=record_type, doc=doc, near=near))
+        return self
+
+    def update(self, record_type, element_id, doc, if_version=None):
+        self._operations.append(
+            _without_none(op="update", type=record_type, key=element_id, doc=doc, if_version=if_version)
+        )
+        return self
+
+    def delete(self, record_type, element_id, if_version=None):
+        self._operations.append(_without_none(op="delete", type=record_type, key=element_id, if_version=if_version))
+        return self
+
+    def commit(self):
+        """:return: a Deferred that fires with the results in order (new ids for inserts,
+        new versions for updates and deletes), or fails and applies none of them."""
+        if self._committed:
+            return defer.fail(errors.InvalidRequest("this transaction was already committed"))
+        if not self._operations:
+            return defer.succeed([])
+        self._committed = True
+        return self._client._call("transaction", {"ops": self._operations})
+
+
+def connect(reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_FRAME):
+    """Connect to a nodedb cluster through any of *addresses* (``"host:port"`` texts).
+
+    :param timeout: seconds each request may take, waiting for a connection included.
+    :return: a Deferred that fires with a :class:`Client` once a node has answered the
+        handshake, or fails with :class:`~nodedb.errors.Unavailable` if none of the addresses
+        answers (each is tried once), or InvalidRequest for a malformed address.
+    """
+    if isinstance(addresses, str):
+        addresses = [addresses]
+    try:
+        named = tcp_endpoints(reactor, addresses)
+    except errors.NodeDBError as e:
+        return defer.fail(e)
+    if not named:
+        return defer.fail(errors.InvalidRequest("no address to connect to"))
+    connection = PersistentConnection(reactor, named, hello_request("client", client=CLIENT_NAME), max_frame=max_frame)
+    connection.start()
+    d = connection.when_connected(attempts=len(named))
+    d.addTimeout(timeout, reactor)
+
+    def failed(reason):
+        connection.stop()
+        if reason.check(defer.TimeoutError):
+            raise errors.Unavailable(f"cannot reach a node ({connection.last_error or 'no answer in time'})")
+        return reason
+
+    return d.addCallbacks(lambda _channel: Client(connection, timeout), failed)

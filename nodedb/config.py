@@ -1,0 +1,144 @@
+"""A node's configuration: one checked value object, whether it comes from twistd options or a
+``.tac`` file. Nothing here does I/O."""
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from nodedb.errors import InvalidRequest
+
+DEFAULT_LISTEN = "tcp:7400:interface=127.0.0.1"
+DEFAULT_ADMIN = "tcp:7480:interface=127.0.0.1"
+DEFAULT_PARTITIONS = 64
+DEFAULT_REPLICAS = 3
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message says what to change."""
+
+
+def split_endpoint(description):
+    """Split a Twisted endpoint string into its type, positional and keyword arguments
+    (honouring ``\\:`` escapes, as Twisted does)."""
+    parts, current, chars = [], [], iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    kind, rest = parts[0].lower(), parts[1:]
+    args = [part for part in rest if "=" not in part]
+    kwargs = dict(part.split("=", 1) for part in rest if "=" in part)
+    return kind, args, kwargs
+
+
+def _is_loopback_host(host):
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_private_endpoint(description):
+    """True if a server endpoint can only be reached from this host (loopback TCP or a UNIX
+    socket), or is already encrypted (``ssl:``); such endpoints need no ``--insecure``."""
+    kind, _args, kwargs = split_endpoint(description)
+    if kind in ("unix", "ssl"):
+        return True
+    if kind in ("tcp", "tcp6"):
+        return _is_loopback_host(kwargs.get("interface", ""))
+    return False
+
+
+def endpoint_address(description):
+    """The ``host:port`` that a TCP server endpoint listens on, for advertising."""
+    kind, args, kwargs = split_endpoint(description)
+    if kind not in ("tcp", "tcp6", "ssl") or not args:
+        raise ConfigError(f"cannot tell the address of {description!r}: give --advertise HOST:PORT")
+    host = kwargs.get("interface", "")
+    if host in ("", "0.0.0.0", "::"):
+        raise ConfigError(f"{description!r} listens on every interface: give --advertise HOST:PORT")
+    return format_address(host, int(args[0]))
+
+
+def format_address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_address(text):
+    """``"host:port"`` (or ``"[v6]:port"``) as ``(host, port)``.
+
+    :raise InvalidRequest: if *text* is not of that form.
+    """
+    if type(text) is not str:
+        raise InvalidRequest(f"not an address: {text!r}")
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequest(f"not a HOST:PORT address: {text!r}")
+    return host, int(port)
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node is started with; see ``twistd -n nodedb --help`` for each field."""
+
+    data_dir: str
+    listen: str = DEFAULT_LISTEN
+    advertise: str | None = None
+    seeds: list = field(default_factory=list)
+    admin: str | None = DEFAULT_ADMIN
+    replicas: int = DEFAULT_REPLICAS
+    partitions: int = DEFAULT_PARTITIONS
+    insecure: bool = False
+    storage: str = "lmdb"
+    max_document_size: int = 1024 * 1024
+    max_frame_size: int = 4 * 1024 * 1024
+    map_size: int = 64 * 1024**3
+    max_types: int = 1000
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        """:raise ConfigError: naming the first setting that cannot work."""
+        if not self.data_dir:
+            raise ConfigError("--data is required")
+        if self.data_dir and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
+            raise ConfigError(f"--data {self.data_dir!r} is not a directory")
+        if not 1 <= self.partitions <= 65536:
+            raise ConfigError("--partitions must be between 1 and 65536")
+        if not 1 <= self.replicas <= 9:
+            raise ConfigError("--replicas must be between 1 and 9")
+        if self.max_document_size < 1024:
+            raise ConfigError("--max-document-size must be at least 1024 bytes")
+        if self.max_frame_size < self.max_document_size + 64 * 1024:
+            raise ConfigError("--max-frame-size must exceed --max-document-size by at least 64 KiB")
+        for seed in self.seeds:
+            try:
+                parse_address(seed)
+            except InvalidRequest as e:
+                raise ConfigError(f"--seed: {e}") from None
+        if self.advertise is not None:
+            try:
+                parse_address(self.advertise)
+            except InvalidRequest as e:
+                raise ConfigError(f"--advertise: {e}") from None
+        for name, endpoint in (("--listen", self.listen), ("--admin", self.admin)):
+            if endpoint is None:
+                continue
+            if not self.insecure and not is_private_endpoint(endpoint):
+                raise ConfigError(
+                    f"{name} {endpoint!r} is reachable from other hosts and TLS is not configured: "
+                    "listen on a loopback interface, or pass --insecure to accept plaintext"
+                )
+
+    def advertised_address(self):
+        """The address other hosts and clients should use to reach this node."""
+        return self.advertise or endpoint_address(self.listen)

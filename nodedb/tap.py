@@ -1,0 +1,106 @@
+"""``twistd nodedb``: the command-line options and the service they make.
+
+Everything here also works from a ``.tac`` file: build a :class:`nodedb.config.NodeConfig`
+and call :func:`nodedb.node.make_node` (see tac/nodedb.tac).
+"""
+
+import os
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from nodedb import config as _config
+from nodedb.config import ConfigError, NodeConfig
+
+
+def _positive_int(value):
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+_positive_int.coerceDoc = "A positive integer."
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run one nodedb node. With an empty --data directory and no --seed, the node "
+        "bootstraps a new single-node cluster; with a directory that already holds a node, "
+        "it restarts that node."
+    )
+
+    optParameters = [
+        ["data", "d", None, "Directory for this node's data (required)."],
+        ["listen", "l", _config.DEFAULT_LISTEN, "Twisted server endpoint for peers and clients."],
+        ["advertise", None, None, "HOST:PORT other hosts and clients use to reach this node."],
+        ["admin", None, _config.DEFAULT_ADMIN, "Twisted server endpoint of the admin HTTP site, or 'none'."],
+        ["replicas", None, _config.DEFAULT_REPLICAS, "Replication factor (read only when bootstrapping).", _positive_int],
+        ["partitions", None, _config.DEFAULT_PARTITIONS, "Number of partitions (read only when bootstrapping).", _positive_int],
+        ["storage", None, "lmdb", "Storage backend plugin: lmdb, memory, or an installed plugin's name."],
+        ["max-document-size", None, 1024 * 1024, "Largest document accepted, in encoded bytes.", _positive_int],
+        ["max-frame-size", None, 4 * 1024 * 1024, "Largest wire frame accepted, in bytes.", _positive_int],
+        ["map-size", None, 64 * 1024**3, "LMDB map size in bytes: the most the store can grow to.", _positive_int],
+        ["max-types", None, 1000, "Most record types one store can hold (LMDB sub-databases).", _positive_int],
+    ]
+    optFlags = [
+        ["insecure", None, "Allow plaintext on non-loopback addresses (no TLS)."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["seeds"] = []
+
+    def opt_seed(self, address):
+        """HOST:PORT of a node to join through (repeatable)."""
+        self["seeds"].append(address)
+
+    def postOptions(self):
+        if not self["data"]:
+            raise usage.UsageError("--data DIR is required")
+        try:
+            self.config = NodeConfig(
+                data_dir=os.path.abspath(self["data"]),
+                listen=self["listen"],
+                advertise=self["advertise"],
+                seeds=list(self["seeds"]),
+                admin=None if self["admin"] in (None, "none") else self["admin"],
+                replicas=self["replicas"],
+                partitions=self["partitions"],
+                insecure=bool(self["insecure"]),
+                storage=self["storage"],
+                max_document_size=self["max-document-size"],
+                max_frame_size=self["max-frame-size"],
+                map_size=self["map-size"],
+                max_types=self["max-types"],
+            )
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+_log = Logger(namespace="nodedb.tap")
+
+
+def makeService(options, reactor=None):
+    """The node service for parsed *options*; a node that cannot start stops the process
+    with a one-line reason and exit status 1."""
+    from nodedb.node import make_node
+
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        node = make_node(options.config, reactor)
+    except ConfigError as e:
+        raise usage.UsageError(str(e)) from None
+    node.when_ready().addErrback(_give_up, reactor)
+    return node
+
+
+def _give_up(failure, reactor):
+    reason = failure.value
+    _log.critical("nodedb could not start: {reason}", reason=str(reason) or type(reason).__name__)
+    if not failure.check(ConfigError) and not hasattr(reason, "wire_name"):
+        _log.failure("details", failure)
+    reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+    reactor.stop()

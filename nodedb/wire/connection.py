@@ -1,0 +1,207 @@
+"""A connection that stays up: Twisted's ClientService, a hello handshake, timed calls.
+
+Clients use one over all the node addresses they were given (a :class:`RotatingEndpoint`
+moves on to the next address whenever a connection attempt fails, so the client fails over
+by itself); hosts use one per peer. A call made while the connection is down waits for it,
+but never past its own timeout.
+"""
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet import task
+from twisted.internet.task import LoopingCall
+from zope.interface import implementer
+
+from nodedb import errors
+from nodedb.config import parse_address
+from nodedb.wire.channel import DEFAULT_MAX_FRAME, Channel
+
+#: How often calls are checked against their deadlines.
+SWEEP_INTERVAL = 0.1
+#: How long one TCP connection attempt may take.
+CONNECT_TIMEOUT = 5.0
+#: How long a node may take to answer the hello that opens a connection.
+HELLO_TIMEOUT = 3.0
+
+
+class ChannelFactory(Factory):
+    """Builds :class:`Channel` protocols that serve requests with *dispatch*."""
+
+    noisy = False
+
+    def __init__(self, dispatch=None, max_frame=DEFAULT_MAX_FRAME):
+        self.dispatch = dispatch
+        self.max_frame = max_frame
+
+    #: Called with each channel once it is connected (None: nothing to do).
+    on_connected = None
+
+    def buildProtocol(self, addr):
+        channel = Channel(self.dispatch, self.max_frame, on_made=self.on_connected)
+        channel.factory = self
+        return channel
+
+
+@implementer(IStreamClientEndpoint)
+class RotatingEndpoint:
+    """Connects to each of several endpoints in turn, one per attempt."""
+
+    def __init__(self, named_endpoints, on_failure):
+        """
+        :param named_endpoints: ``[(address, endpoint), ...]``.
+        :param on_failure: called with ``(address, reason)`` when an attempt fails.
+        """
+        self._endpoints = list(named_endpoints)
+        self._on_failure = on_failure
+        self._next = 0
+        self.current = None
+
+    def __len__(self):
+        return len(self._endpoints)
+
+    def connect(self, factory):
+        self.current, endpoint = self._endpoints[self._next % len(self._endpoints)]
+        self._next += 1
+        return endpoint.connect(factory).addErrback(self._failed, self.current)
+
+    def _failed(self, reason, address):
+        self._on_failure(address, reason.getErrorMessage())
+        return reason
+
+
+def tcp_endpoints(reactor, addresses):
+    """``[(address, HostnameEndpoint), ...]`` for ``"host:port"`` texts."""
+    named = []
+    for address in addresses:
+        host, port = parse_address(address)
+        named.append((address, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)))
+    return named
+
+
+class PersistentConnection:
+    """One handshaken :class:`Channel`, re-established whenever it drops.
+
+    ClientService keeps a TCP connection up; on each new connection this class sends
+    ``hello`` and only then hands the channel to callers. (The handshake is not run as
+    ClientService's ``prepareConnection``: a connection lost during that step trips an
+    unhandled state in ClientService; after ``hello`` fails we simply drop the connection and
+    ClientService reconnects.)
+
+    :param clock: the reactor (or a Clock) for timers and reconnection.
+    :param named_endpoints: ``[(address, endpoint), ...]`` to rotate over.
+    :param hello: the arguments of the ``hello`` request that opens each connection.
+    """
+
+    def __init__(self, clock, named_endpoints, hello, dispatch=None, max_frame=DEFAULT_MAX_FRAME):
+        self.clock = clock
+        self.hello = hello
+        self.server = None  # the last hello reply
+        self.last_error = None
+        self._channel = None
+        self._greeting = None  # the channel whose hello is under way
+        self._failures = 0  # failed attempts (connect or hello) since the last success
+        self._waiters = []  # (Deferred, give up after this many failures or None)
+        self._endpoint = RotatingEndpoint(named_endpoints, self._attempt_failed)
+        immediate = len(self._endpoint)
+        backoff = backoffPolicy(initialDelay=0.2, maxDelay=5.0)
+        factory = ChannelFactory(dispatch, max_frame)
+        factory.on_connected = self._greet
+        self._service = ClientService(
+            self._endpoint,
+            factory,
+            retryPolicy=lambda failures: 0.0 if failures < immediate else backoff(failures - immediate),
+            clock=clock,
+        )
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = clock
+
+    @property
+    def address(self):
+        """The address of the current (or last tried) connection."""
+        return self._endpoint.current
+
+    def start(self):
+        self._service.startService()
+        self._sweeper.start(SWEEP_INTERVAL, now=False)
+
+    def stop(self):
+        """Close the connection and stop reconnecting.
+
+        :return: a Deferred that fires once the connection is closed. The service is stopped
+            on the next reactor turn, so that this may be called from any callback, even one
+            that ClientService itself is running.
+        """
+        if self._sweeper.running:
+            self._sweeper.stop()
+        waiters, self._waiters = self._waiters, []
+        for d, _limit in waiters:
+            d.errback(errors.Unavailable("connection closed"))
+        return task.deferLater(self.clock, 0, self._service.stopService)
+
+    def _attempt_failed(self, address, message):
+        self.last_error = f"{address}: {message}"
+        self._failures += 1
+        give_up = [d for d, limit in self._waiters if limit is not None and self._failures >= limit]
+        self._waiters = [(d, limit) for d, limit in self._waiters if d not in give_up]
+        for d in give_up:
+            d.errback(errors.Unavailable(f"cannot reach a node ({self.last_error})"))
+
+    def _greet(self, channel):
+        self._greeting = channel
+        d = channel.call("hello", self.hello, deadline=self.clock.seconds() + HELLO_TIMEOUT)
+        d.addCallbacks(self._greeted, self._refused, (channel,), None, (channel,))
+
+    def _greeted(self, reply, channel):
+        if not channel.connected_:
+            return
+        self.server = reply
+        self._channel = channel
+        self._failures = 0
+        waiters, self._waiters = self._waiters, []
+        for d, _limit in waiters:
+            d.callback(channel)
+
+    def _refused(self, reason, channel):
+        self._attempt_failed(self._endpoint.current, reason.getErrorMessage())
+        channel.transport.loseConnection()
+
+    def when_connected(self, attempts=None):
+        """:return: a Deferred that fires with the handshaken channel; with *attempts*, it
+        fails with Unavailable once that many attempts in a row have failed."""
+        channel = self._channel
+        if channel is not None and channel.connected_:
+            return defer.succeed(channel)
+        d = defer.Deferred(lambda d: self._forget(d))
+        self._waiters.append((d, None if attempts is None else self._failures + attempts))
+        return d
+
+    def _forget(self, waiter):
+        self._waiters = [(d, limit) for d, limit in self._waiters if d is not waiter]
+
+    def call(self, op, arguments, timeout):
+        """Send *op*; wait for a connection if there is none, but at most *timeout* seconds
+        overall.
+
+        :return: a Deferred of the reply value (see :meth:`Channel.call`).
+        """
+        deadline = self.clock.seconds() + timeout
+        channel = self._channel
+        if channel is not None and channel.connected_:
+            return channel.call(op, arguments, deadline)
+        d = self.when_connected()
+        d.addTimeout(timeout, self.clock)
+        d.addCallbacks(lambda channel: channel.call(op, arguments, deadline), self._unreachable)
+        return d
+
+    def _unreachable(self, reason):
+        reason.trap(defer.TimeoutError, defer.CancelledError)
+        raise errors.Unavailable(f"cannot reach a node ({self.last_error or 'no answer in time'})")
+
+    def _sweep(self):
+        now = self.clock.seconds()
+        for channel in (self._channel, self._greeting):
+            if channel is not None:
+                channel.expire(now)
