@@ -16,6 +16,8 @@ from nodedb.interfaces import IIdAllocator
 ID_BITS = 64
 DEFAULT_PARTITION_BITS = 16
 MAX_ID = (1 << ID_BITS) - 1
+#: Consecutive inserts (without ``near``) that go to the same partition.
+INSERTS_PER_TURN = 1000
 
 
 class IdLayout:
@@ -59,11 +61,14 @@ def check_element_id(value):
 class IdAllocator:
     """Hands out ids in the partitions this host is primary for.
 
-    Inserts without ``near`` rotate over the local partitions so that load and data spread
-    evenly; ``near`` pins the new element to the partition of an existing one.
+    Inserts without ``near`` stay in one partition for a turn of :data:`INSERTS_PER_TURN`
+    inserts, then move to the next local partition: data spreads evenly over time, while
+    writes that arrive together touch few B-tree pages (a synced transaction that writes one
+    partition costs about half as much as one that writes many). ``near`` pins the new
+    element to the partition of an existing one.
     """
 
-    def __init__(self, layout, high_water_marks):
+    def __init__(self, layout, high_water_marks, inserts_per_turn=None):
         """
         :param layout: the cluster's :class:`IdLayout`.
         :param high_water_marks: ``{partition: last sequence ever used}`` for every partition
@@ -72,6 +77,9 @@ class IdAllocator:
         self.layout = layout
         self._last = dict(high_water_marks)
         self._rotation = itertools.cycle(sorted(self._last)) if self._last else None
+        self._turn = inserts_per_turn or INSERTS_PER_TURN
+        self._current = None
+        self._left_in_turn = 0
 
     def partitions(self):
         return sorted(self._last)
@@ -82,9 +90,13 @@ class IdAllocator:
             if partition not in self._last:
                 raise Unavailable(f"partition {partition} is not held by this host")
             return partition
-        if self._rotation is None:
-            raise Unavailable("this host holds no partition to insert into")
-        return next(self._rotation)
+        if self._left_in_turn <= 0:
+            if self._rotation is None:
+                raise Unavailable("this host holds no partition to insert into")
+            self._current = next(self._rotation)
+            self._left_in_turn = self._turn
+        self._left_in_turn -= 1
+        return self._current
 
     def allocate(self, partition):
         last = self._last.get(partition)

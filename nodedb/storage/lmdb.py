@@ -185,7 +185,9 @@ class LMDBStorage:
     def commit(self, operations, timestamp):
         types = {op.record_type for op in operations}
         return self._submit(
-            lambda txn: apply_operations(_Txn(self, txn), operations, timestamp, self.layout), types
+            lambda txn: apply_operations(_Txn(self, txn), operations, timestamp, self.layout),
+            types,
+            nested=len(operations) > 1,
         )
 
     def set_meta(self, items):
@@ -195,20 +197,26 @@ class LMDBStorage:
             for key, value in encoded:
                 txn.put(key, value, db=self._meta)
 
-        return self._submit(write, ())
+        return self._submit(write, (), nested=False)
 
-    def _submit(self, work, types):
+    def _submit(self, work, types, nested):
         if self.env is None or self._idle is not None:
             return defer.fail(Unavailable("storage is closed"))
         d = defer.Deferred()
-        self._queue.append((work, types, d))
+        self._queue.append((work, types, nested, d))
         if not self._writing:
-            self._start_batch()
+            self._writing = True
+            if self.synchronous:
+                self._start_batch()
+            else:
+                # Start on the next reactor turn, so that every request that arrived in the
+                # same read joins this transaction rather than waiting for the next one.
+                self.reactor.callLater(0, self._start_batch)
         return d
 
     def _start_batch(self):
-        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        self._writing = True
+        take = min(MAX_BATCH, (len(self._queue) + 1) // 2)
+        batch, self._queue = self._queue[:take], self._queue[take:]
         if self.synchronous:
             self._finish_batch(batch, self._write_batch(batch))
         else:
@@ -224,28 +232,16 @@ class LMDBStorage:
         :return: per work, ``(True, result)`` or ``(False, exception)``.
         """
         outcomes = [None] * len(batch)
-        for index, (_work, types, _d) in enumerate(batch):
+        for index, (_work, types, _nested, _d) in enumerate(batch):
             try:
                 self._ensure_type_dbs(types)
             except NodeDBError as e:
                 outcomes[index] = (False, e)
         try:
             with self.env.begin(write=True) as txn:
-                for index, (work, _types, _d) in enumerate(batch):
-                    if outcomes[index] is not None:
-                        continue
-                    child = self.env.begin(write=True, parent=txn)
-                    try:
-                        result = work(child)
-                    except NodeDBError as e:
-                        child.abort()
-                        outcomes[index] = (False, e)
-                    except BaseException:
-                        child.abort()
-                        raise
-                    else:
-                        child.commit()
-                        outcomes[index] = (True, result)
+                for index, (work, _types, nested, _d) in enumerate(batch):
+                    if outcomes[index] is None:
+                        outcomes[index] = self._run_work(txn, work, nested)
         except lmdb.MapFullError:
             return [(False, Unavailable("storage is full"))] * len(batch)
         except lmdb.Error as e:
@@ -253,6 +249,28 @@ class LMDBStorage:
         except Exception as e:  # a bug: report it to every caller rather than lose it
             return [(False, e)] * len(batch)
         return outcomes
+
+    def _run_work(self, txn, work, nested):
+        """Run one work inside the batch transaction *txn*, all or nothing.
+
+        A work that may fail after it has written (a unit of several operations) runs in a
+        nested transaction that is discarded on failure; a single operation checks before it
+        writes anything, so it can run in *txn* directly, which saves LMDB a page copy.
+        """
+        child = self.env.begin(write=True, parent=txn) if nested else txn
+        try:
+            result = work(child)
+        except NodeDBError as e:
+            if child is not txn:
+                child.abort()
+            return (False, e)
+        except BaseException:
+            if child is not txn:
+                child.abort()
+            raise
+        if child is not txn:
+            child.commit()
+        return (True, result)
 
     def _ensure_type_dbs(self, types):
         """Open (creating if needed) the sub-database of each record type; writer thread only.
@@ -271,15 +289,16 @@ class LMDBStorage:
                 raise Unavailable(f"too many record types (the limit is {self.max_types})") from None
 
     def _finish_batch(self, batch, outcomes):
-        self._writing = False
         if self.on_batch is not None:
             self.on_batch(len(batch))
         if self._queue:
             self._start_batch()
-        elif self._idle is not None:
-            self._idle, idle = None, self._idle
-            idle.callback(None)
-        for (_work, _types, d), (ok, value) in zip(batch, outcomes):
+        else:
+            self._writing = False
+            if self._idle is not None:
+                self._idle, idle = None, self._idle
+                idle.callback(None)
+        for (_work, _types, _nested, d), (ok, value) in zip(batch, outcomes):
             if ok:
                 d.callback(value)
             else:
