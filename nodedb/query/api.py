@@ -67,7 +67,9 @@ _FIELDS = {
         "cursor": (_cursor, False),
     },
 }
-_ENVELOPE = {"id", "op"}
+_ENVELOPE = frozenset({"id", "op"})
+_ALLOWED = {op: frozenset(fields) for op, fields in _FIELDS.items()}
+_OP_ONLY = frozenset({"op"})
 
 
 def parse_arguments(op, message, ignore=_ENVELOPE):
@@ -76,9 +78,9 @@ def parse_arguments(op, message, ignore=_ENVELOPE):
     :raise InvalidRequest: for a missing, mistyped or unknown field.
     """
     fields = _FIELDS[op]
-    for name in message:
-        if name not in fields and name not in ignore:
-            raise errors.InvalidRequest(f"{op}: unknown field {name!r}")
+    if not message.keys() <= _ALLOWED[op] | ignore:
+        unknown = sorted(map(repr, message.keys() - _ALLOWED[op] - ignore))
+        raise errors.InvalidRequest(f"{op}: unknown field {unknown[0]}")
     arguments = {}
     for name, (check, required) in fields.items():
         if name in message:
@@ -100,7 +102,7 @@ def parse_transaction(operations):
         if op not in ("insert", "update", "delete"):
             raise errors.InvalidRequest(f"transaction: operation {index} must be insert, update or delete")
         try:
-            arguments = parse_arguments(op, operation, ignore={"op"})
+            arguments = parse_arguments(op, operation, ignore=_OP_ONLY)
         except errors.InvalidRequest as e:
             raise errors.InvalidRequest(f"transaction: operation {index}: {e.message}") from None
         arguments["op"] = op
@@ -140,7 +142,7 @@ class RequestAPI:
     def dispatch(self, request, channel):
         """Serve one request from *channel* (see :class:`nodedb.wire.channel.Channel`)."""
         op = request.get("op")
-        if not getattr(channel, "greeted", False):
+        if not channel.greeted:
             if op != "hello":
                 raise errors.ProtocolError("the first request on a connection must be hello")
             return self._greet(request, channel)

@@ -39,6 +39,8 @@ class Channel(Int32StringReceiver):
         self.on_made = on_made
         self.on_lost = on_lost
         self.connected_ = False
+        #: Set by the serving side once the peer's hello was accepted.
+        self.greeted = False
         self._next_id = 1
         self._pending = {}  # request id -> (Deferred, deadline)
         self.peer = None

@@ -1,0 +1,1 @@
+"""Topology: where hosts are relative to each other, from measured round-trip times."""
