@@ -10,6 +10,11 @@ import struct
 from dataclasses import dataclass
 
 
+_LOG_KEY = struct.Struct(">IQ")
+_LOG_HEAD = struct.Struct(">dBQB")
+_STATE = struct.Struct(">dQQQ")
+
+
 class ChangeType(enum.IntEnum):
     """The change type of a commit log entry (the design's two-bit codes)."""
 
@@ -19,7 +24,7 @@ class ChangeType(enum.IntEnum):
     TRANSACTION = 0b11  # reserved for the prepare/decision records of multi-host transactions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Insert:
     """Create element *element_id* of *record_type*; the id must not exist."""
 
@@ -28,7 +33,7 @@ class Insert:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Update:
     """Replace the document of an existing element; with *if_version*, only at that version."""
 
@@ -38,7 +43,7 @@ class Update:
     if_version: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     """Remove an existing element; with *if_version*, only at that version."""
 
@@ -47,7 +52,7 @@ class Delete:
     if_version: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogEntry:
     """One commit log entry: ``timestamp | commit_id | change_type | element_id | data``.
 
@@ -63,26 +68,23 @@ class LogEntry:
     element_id: int
     data: bytes
 
-    _KEY = struct.Struct(">IQ")
-    _HEAD = struct.Struct(">dBQB")
-
     def key(self):
         """The log key: partition then commit id, so a partition's log is one key range."""
-        return self._KEY.pack(self.partition, self.commit_id)
+        return _LOG_KEY.pack(self.partition, self.commit_id)
 
     def value(self):
         name = self.record_type.encode("ascii")
-        return self._HEAD.pack(self.timestamp, self.change_type, self.element_id, len(name)) + name + self.data
+        return _LOG_HEAD.pack(self.timestamp, self.change_type, self.element_id, len(name)) + name + self.data
 
-    @classmethod
-    def log_key(cls, partition, commit_id):
-        return cls._KEY.pack(partition, commit_id)
+    @staticmethod
+    def log_key(partition, commit_id):
+        return _LOG_KEY.pack(partition, commit_id)
 
     @classmethod
     def from_record(cls, key, value):
-        partition, commit_id = cls._KEY.unpack(key)
-        timestamp, change_type, element_id, name_length = cls._HEAD.unpack_from(value)
-        start = cls._HEAD.size
+        partition, commit_id = _LOG_KEY.unpack(key)
+        timestamp, change_type, element_id, name_length = _LOG_HEAD.unpack_from(value)
+        start = _LOG_HEAD.size
         name = bytes(value[start : start + name_length]).decode("ascii")
         data = bytes(value[start + name_length :])
         return cls(partition, commit_id, timestamp, ChangeType(change_type), name, element_id, data)
@@ -103,14 +105,12 @@ class PartitionState:
     epoch: int = 0
     max_sequence: int = 0
 
-    _PACK = struct.Struct(">dQQQ")
-
     def to_bytes(self):
-        return self._PACK.pack(self.mtime, self.last_commit_id, self.epoch, self.max_sequence)
+        return _STATE.pack(self.mtime, self.last_commit_id, self.epoch, self.max_sequence)
 
     @classmethod
     def from_bytes(cls, partition, data):
-        return cls(partition, *cls._PACK.unpack(data))
+        return cls(partition, *_STATE.unpack(data))
 
 
 #: The on-disk schema version; a store written by a newer one is refused.

@@ -10,10 +10,11 @@ Layout of the environment (one per host, in ``DATA_DIR/lmdb``):
 
 Writes run on one dedicated writer thread. Every :meth:`commit` that arrives while a synced
 transaction is under way waits for the next one, and that next transaction carries all of
-them, each inside its own nested transaction so that one failing unit does not spoil the
-others. The reactor never waits on fsync; reads are memory-mapped and stay on the reactor.
+them; a unit that fails its checks writes nothing, so it does not spoil the others. The
+reactor never waits on fsync; reads are memory-mapped and stay on the reactor.
 """
 
+import dataclasses
 import os
 import shutil
 import struct
@@ -53,6 +54,7 @@ class _Txn:
     def __init__(self, backend, txn):
         self.backend = backend
         self.txn = txn
+        self._states = {}  # partition -> PartitionState as this transaction left it
 
     def get_element(self, record_type, element_id):
         value = self.txn.get(_ID.pack(element_id), db=self.backend._types[record_type])
@@ -67,9 +69,13 @@ class _Txn:
         self.txn.delete(_ID.pack(element_id), db=self.backend._types[record_type])
 
     def partition_state(self, partition):
-        return self.backend._read_partition_state(self.txn, partition)
+        state = self._states.get(partition)
+        if state is None:
+            state = self._states[partition] = self.backend._read_partition_state(self.txn, partition)
+        return dataclasses.replace(state)
 
     def put_partition_state(self, state):
+        self._states[state.partition] = state
         self.txn.put(b"p:" + _PARTITION.pack(state.partition), state.to_bytes(), db=self.backend._meta)
 
     def append_log(self, entry):
@@ -131,7 +137,7 @@ class LMDBStorage:
             self._log = self.env.open_db(b"log")
             self._check_schema()
             self._open_existing_types()
-        except lmdb.Error as e:
+        except (lmdb.Error, OSError) as e:
             self._close_env()
             return defer.fail(Unavailable(f"cannot open storage at {self.path}: {e}"))
         except Unavailable as e:
@@ -184,26 +190,22 @@ class LMDBStorage:
 
     def commit(self, operations, timestamp):
         types = {op.record_type for op in operations}
-        return self._submit(
-            lambda txn: apply_operations(_Txn(self, txn), operations, timestamp, self.layout),
-            types,
-            nested=len(operations) > 1,
-        )
+        return self._submit(lambda txn: apply_operations(txn, operations, timestamp, self.layout), types)
 
     def set_meta(self, items):
         encoded = [(b"m:" + key.encode("utf-8"), codec.encode(value)) for key, value in items.items()]
 
         def write(txn):
             for key, value in encoded:
-                txn.put(key, value, db=self._meta)
+                txn.txn.put(key, value, db=self._meta)
 
-        return self._submit(write, (), nested=False)
+        return self._submit(write, ())
 
-    def _submit(self, work, types, nested):
+    def _submit(self, work, types):
         if self.env is None or self._idle is not None:
             return defer.fail(Unavailable("storage is closed"))
         d = defer.Deferred()
-        self._queue.append((work, types, nested, d))
+        self._queue.append((work, types, d))
         if not self._writing:
             self._writing = True
             if self.synchronous:
@@ -227,21 +229,28 @@ class LMDBStorage:
         self.reactor.callFromThread(self._finish_batch, batch, outcomes)
 
     def _write_batch(self, batch):
-        """Run every work of *batch* in one synced transaction; each in a nested one.
+        """Run every work of *batch* in one synced transaction.
+
+        A work checks everything before it writes (see :mod:`nodedb.storage.apply`), so one
+        that fails leaves the transaction as it found it and the others still commit.
 
         :return: per work, ``(True, result)`` or ``(False, exception)``.
         """
         outcomes = [None] * len(batch)
-        for index, (_work, types, _nested, _d) in enumerate(batch):
+        for index, (_work, types, _d) in enumerate(batch):
             try:
                 self._ensure_type_dbs(types)
             except NodeDBError as e:
                 outcomes[index] = (False, e)
         try:
             with self.env.begin(write=True) as txn:
-                for index, (work, _types, nested, _d) in enumerate(batch):
+                view = _Txn(self, txn)
+                for index, (work, _types, _d) in enumerate(batch):
                     if outcomes[index] is None:
-                        outcomes[index] = self._run_work(txn, work, nested)
+                        try:
+                            outcomes[index] = (True, work(view))
+                        except NodeDBError as e:
+                            outcomes[index] = (False, e)
         except lmdb.MapFullError:
             return [(False, Unavailable("storage is full"))] * len(batch)
         except lmdb.Error as e:
@@ -249,28 +258,6 @@ class LMDBStorage:
         except Exception as e:  # a bug: report it to every caller rather than lose it
             return [(False, e)] * len(batch)
         return outcomes
-
-    def _run_work(self, txn, work, nested):
-        """Run one work inside the batch transaction *txn*, all or nothing.
-
-        A work that may fail after it has written (a unit of several operations) runs in a
-        nested transaction that is discarded on failure; a single operation checks before it
-        writes anything, so it can run in *txn* directly, which saves LMDB a page copy.
-        """
-        child = self.env.begin(write=True, parent=txn) if nested else txn
-        try:
-            result = work(child)
-        except NodeDBError as e:
-            if child is not txn:
-                child.abort()
-            return (False, e)
-        except BaseException:
-            if child is not txn:
-                child.abort()
-            raise
-        if child is not txn:
-            child.commit()
-        return (True, result)
 
     def _ensure_type_dbs(self, types):
         """Open (creating if needed) the sub-database of each record type; writer thread only.
@@ -298,7 +285,7 @@ class LMDBStorage:
             if self._idle is not None:
                 self._idle, idle = None, self._idle
                 idle.callback(None)
-        for (_work, _types, _nested, d), (ok, value) in zip(batch, outcomes):
+        for (_work, _types, d), (ok, value) in zip(batch, outcomes):
             if ok:
                 d.callback(value)
             else:

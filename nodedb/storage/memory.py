@@ -30,54 +30,39 @@ class MemoryStore:
         self.meta = {"schema_version": SCHEMA_VERSION}
 
 
-class _Overlay:
-    """A transaction over a :class:`MemoryStore` that is applied only if it succeeds."""
+class _MemoryTransaction:
+    """Reads and writes straight on a :class:`MemoryStore`.
 
-    _DELETED = object()
+    :func:`apply_operations` writes only once every check has passed, so there is nothing to
+    roll back.
+    """
 
     def __init__(self, store):
         self.store = store
-        self.elements = {}  # (type, id) -> (data, version) or _DELETED
-        self.states = {}
-        self.entries = []
 
     def get_element(self, record_type, element_id):
-        value = self.elements.get((record_type, element_id))
-        if value is None:
-            return self.store.types.get(record_type, {}).get(element_id)
-        return None if value is self._DELETED else value
+        return self.store.types.get(record_type, {}).get(element_id)
 
     def put_element(self, record_type, element_id, data, version):
-        self.elements[(record_type, element_id)] = (data, version)
+        table = self.store.types.setdefault(record_type, {})
+        if element_id not in table:
+            bisect.insort(self.store.sorted_ids.setdefault(record_type, []), element_id)
+        table[element_id] = (data, version)
 
     def delete_element(self, record_type, element_id):
-        self.elements[(record_type, element_id)] = self._DELETED
+        if self.store.types.get(record_type, {}).pop(element_id, None) is not None:
+            ids = self.store.sorted_ids[record_type]
+            del ids[bisect.bisect_left(ids, element_id)]
 
     def partition_state(self, partition):
-        state = self.states.get(partition) or self.store.partitions.get(partition)
+        state = self.store.partitions.get(partition)
         return dataclasses.replace(state) if state is not None else PartitionState(partition)
 
     def put_partition_state(self, state):
-        self.states[state.partition] = dataclasses.replace(state)
+        self.store.partitions[state.partition] = dataclasses.replace(state)
 
     def append_log(self, entry):
-        self.entries.append(entry)
-
-    def apply(self):
-        store = self.store
-        for (record_type, element_id), value in self.elements.items():
-            table = store.types.setdefault(record_type, {})
-            ids = store.sorted_ids.setdefault(record_type, [])
-            if value is self._DELETED:
-                if table.pop(element_id, None) is not None:
-                    del ids[bisect.bisect_left(ids, element_id)]
-            else:
-                if element_id not in table:
-                    bisect.insort(ids, element_id)
-                table[element_id] = value
-        store.partitions.update(self.states)
-        for entry in self.entries:
-            store.log.setdefault(entry.partition, []).append(entry)
+        self.store.log.setdefault(entry.partition, []).append(entry)
 
 
 @implementer(IStorageBackend)
@@ -102,12 +87,10 @@ class MemoryStorage:
     def commit(self, operations, timestamp):
         if not self._open:
             return defer.fail(Unavailable("storage is closed"))
-        overlay = _Overlay(self.store)
         try:
-            results = apply_operations(overlay, operations, timestamp, self.layout)
+            results = apply_operations(_MemoryTransaction(self.store), operations, timestamp, self.layout)
         except NodeDBError as e:
             return defer.fail(e)
-        overlay.apply()
         return defer.succeed(results)
 
     def get(self, record_type, element_id):
@@ -125,8 +108,7 @@ class MemoryStorage:
         return entries[start : start + limit]
 
     def partition_state(self, partition):
-        state = self.store.partitions.get(partition)
-        return dataclasses.replace(state) if state is not None else PartitionState(partition)
+        return _MemoryTransaction(self.store).partition_state(partition)
 
     def get_meta(self, key):
         return self.store.meta.get(key)
