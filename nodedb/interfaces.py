@@ -26,6 +26,11 @@ class IStorageBackend(Interface):
 
     name = Attribute("Short name of the backend, as chosen with ``--storage``.")
 
+    layout = Attribute(
+        "The :class:`nodedb.ids.IdLayout` that maps element ids to partitions; the node "
+        "allocates ids with it, so it must be the one the backend's commit log uses."
+    )
+
     def open():
         """Open or create the store.
 

@@ -1,5 +1,8 @@
 """Assembly of one node: the only place where the services are built and wired together."""
 
+import math
+import os
+import random
 import secrets
 import time
 
@@ -11,15 +14,24 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import nodedb
+from nodedb import errors
 from nodedb.config import DEFAULT_PARTITIONS, ConfigError
-from nodedb.ids import IdAllocator, IdLayout
+from nodedb.gossip.service import GossipService, GossipTiming
+from nodedb.gossip.state import HostEntry
+from nodedb.ids import IdAllocator
 from nodedb.metrics import NodeMetrics
 from nodedb.query.api import RequestAPI
 from nodedb.query.local import LocalQuery
-from nodedb.wire.tcp import TCPTransport
+from nodedb.reliability.service import Reliability
+from nodedb.topology.vivaldi import direction, distance
+from nodedb.wire.channel import PROTOCOL_VERSION
+from nodedb.wire.transport import tcp_transport
 
-#: Meta keys written once, when a cluster is bootstrapped.
-_CLUSTER_KEYS = ("host_id", "cluster_id", "partitions", "replicas", "partition_bits", "created")
+#: Meta keys that describe the cluster and this host's place in it.
+_IDENTITY_KEYS = ("host_id", "cluster_id", "partitions", "replicas", "partition_bits", "created", "held")
+#: Free space is announced in steps of this many bytes, so that the NI does not change with
+#: every write.
+_FREE_SPACE_STEP = 64 * 1024 * 1024
 
 
 def partition_ranges(partitions):
@@ -33,28 +45,46 @@ def partition_ranges(partitions):
     return ranges
 
 
+def measure_cpu_rating():
+    """A rough CPU rating for placement: cores times single-core speed (1.0 is a core that
+    runs the reference loop in 10 ms)."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(200_000):
+        total += i * i
+    elapsed = max(time.perf_counter() - start, 1e-6)
+    return round((os.cpu_count() or 1) * 0.010 / elapsed, 2)
+
+
 class NodeService(MultiService):
-    """A running node: storage, the request port, and the admin site.
+    """A running node: storage, the request port, gossip, reliability, the admin site.
 
     Build it with :func:`make_node`. ``startService`` cannot wait, so readiness (storage open,
-    cluster identity loaded, ports bound) is reported by :meth:`when_ready`.
+    identity loaded, ports bound, cluster joined) is reported by :meth:`when_ready`.
     """
 
     _log = Logger()
 
-    def __init__(self, config, reactor, storage, metrics):
+    def __init__(self, config, reactor, storage, metrics, transport_factory=None, rng=None, gossip_timing=None):
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.storage = storage
         self.metrics = metrics
+        self.rng = rng or random.Random()
+        self.gossip_timing = gossip_timing or GossipTiming()
+        self._transport_factory = transport_factory or self._tcp_transport
         self.started = None
         self.identity = None
+        self.generation = None
         self.ids = None
         self.query = None
         self.api = None
         self.transport = None
+        self.reliability = None
+        self.gossip = None
         self.port = None
+        self.cpu_rating = None
         self._outcome = None
         self._waiting = []
 
@@ -87,6 +117,15 @@ class NodeService(MultiService):
         else:
             d.callback(outcome)
 
+    def _tcp_transport(self, hello, on_heartbeat):
+        return tcp_transport(
+            self.reactor,
+            self.config.listen,
+            hello,
+            max_frame=self.config.max_frame_size,
+            on_heartbeat=on_heartbeat,
+        )
+
     async def _start(self):
         await self.storage.open()
         if self.metrics is not None:
@@ -94,62 +133,94 @@ class NodeService(MultiService):
             if hasattr(self.storage, "on_batch"):
                 self.storage.on_batch = self.metrics.observe_batch
         self.identity = await self._load_identity()
-        if self.identity["partition_bits"] != self.storage.layout.partition_bits:
-            raise ConfigError(f"this store uses {self.identity['partition_bits']}-bit partition numbers; expected 16")
-        held = range(self.identity["partitions"])
-        self.ids = IdAllocator(self.storage.layout, {p: self.storage.partition_state(p).max_sequence for p in held})
-        self.query = LocalQuery(
-            self.storage, self.ids, self.reactor, self.status, max_document_size=self.config.max_document_size
-        )
-        self.api = RequestAPI(self.query, self.hello, self.reactor, self.metrics)
-        self.transport = TCPTransport(
-            self.reactor, self.config.listen, self.identity["host_id"], max_frame=self.config.max_frame_size
-        )
+        self.generation = (self.storage.get_meta("generation") or 0) + 1
+        await self.storage.set_meta({"generation": self.generation})
+        self.cpu_rating = measure_cpu_rating()
+        self._build_query()
+        self.reliability = Reliability(self.reactor)
+        self.transport = self._transport_factory(self._peer_hello, self._heartbeat)
         self.transport.setName("transport")
         self.transport.serve(self.api.dispatch)
         self.transport.setServiceParent(self)
         self.port = await self.transport.listen()
-        if self.config.admin is not None:
-            from nodedb.admin import make_admin_site
-
-            admin = StreamServerEndpointService(
-                serverFromString(self.reactor, self.config.admin), make_admin_site(self)
-            )
-            admin._raiseSynchronously = True
-            admin.setName("admin")
-            admin.setServiceParent(self)
+        self.gossip = GossipService(
+            self.reactor,
+            self.transport,
+            self.reliability,
+            self._first_entry(),
+            rng=self.rng,
+            timing=self.gossip_timing,
+            local_fields=self._changing_fields,
+            cluster=self._cluster_description,
+        )
+        self.gossip.install(self.api)
+        if self.identity["cluster_id"] is None:
+            await self._join()
+        elif self.config.seeds:
+            self.gossip.join(self.config.seeds).addErrback(self._log_join_failure)
+        self.gossip.setName("gossip")
+        self.gossip.setServiceParent(self)
+        self._start_admin()
         self._log.info(
-            "node {host_id} of cluster {cluster_id} ready at {address} with {count} partitions",
+            "node {host_id} (generation {generation}) of cluster {cluster_id} ready at {address} "
+            "holding {count} partitions",
             host_id=self.identity["host_id"],
+            generation=self.generation,
             cluster_id=self.identity["cluster_id"],
             address=self.address(),
-            count=len(held),
+            count=len(self.identity["held"]),
         )
         return self
 
+    def _log_join_failure(self, failure):
+        self._log.failure("joining through the seeds failed", failure)
+
+    def _build_query(self):
+        if self.identity["partition_bits"] != self.storage.layout.partition_bits:
+            raise ConfigError(f"this store uses {self.identity['partition_bits']}-bit partition numbers; expected 16")
+        held = self.identity["held"]
+        self.ids = IdAllocator(self.storage.layout, {p: self.storage.partition_state(p).max_sequence for p in held})
+        self.query = LocalQuery(
+            self.storage, self.ids, self.reactor, self.status, max_document_size=self.config.max_document_size
+        )
+        self.api = RequestAPI(self.query, self.hello, self.reactor, self.metrics, admit_peer=self._admit_peer)
+
+    def _start_admin(self):
+        if self.config.admin is None:
+            return
+        from nodedb.admin import make_admin_site
+
+        admin = StreamServerEndpointService(serverFromString(self.reactor, self.config.admin), make_admin_site(self))
+        admin._raiseSynchronously = True
+        admin.setName("admin")
+        admin.setServiceParent(self)
+
     async def _load_identity(self):
-        """Read this host's identity from storage; bootstrap a new cluster on an empty store."""
-        stored = {key: self.storage.get_meta(key) for key in _CLUSTER_KEYS}
-        if stored["host_id"] is not None:
+        """Read this host's identity from storage; bootstrap a new cluster on an empty store
+        without seeds; prepare to join when there are seeds."""
+        stored = {key: self.storage.get_meta(key) for key in _IDENTITY_KEYS}
+        if stored["host_id"] is not None and stored["cluster_id"] is not None:
             if self.config.partitions not in (stored["partitions"], DEFAULT_PARTITIONS):
                 self._log.warn(
                     "--partitions is read only when bootstrapping; this cluster has {partitions}",
                     partitions=stored["partitions"],
                 )
+            if stored["held"] is None:  # written before hosts held partitions selectively
+                stored["held"] = list(range(stored["partitions"]))
             self._log.info("restarting node {host_id} from {data_dir}", host_id=stored["host_id"], data_dir=self.config.data_dir)
             return stored
+        host_id = stored["host_id"] or secrets.token_hex(6)
         if self.config.seeds:
-            raise ConfigError(
-                "joining an existing cluster through --seed is not available in this version; "
-                "start without --seed to bootstrap a single-node cluster"
-            )
+            await self.storage.set_meta({"host_id": host_id})
+            return {**stored, "host_id": host_id, "held": [], "partition_bits": self.storage.layout.partition_bits}
         identity = {
-            "host_id": secrets.token_hex(6),
+            "host_id": host_id,
             "cluster_id": secrets.token_hex(8),
             "partitions": self.config.partitions,
             "replicas": self.config.replicas,
-            "partition_bits": IdLayout().partition_bits,
+            "partition_bits": self.storage.layout.partition_bits,
             "created": time.time(),
+            "held": list(range(self.config.partitions)),
         }
         await self.storage.set_meta(identity)
         self._log.info(
@@ -160,10 +231,91 @@ class NodeService(MultiService):
         )
         return identity
 
+    async def _join(self):
+        """Join the cluster of the seeds: learn its identity and the NI."""
+        self._log.info("joining through {seeds}", seeds=", ".join(self.config.seeds))
+        cluster = await self.gossip.join(self.config.seeds)
+        try:
+            identity = {
+                "cluster_id": _checked(cluster.get("id"), str),
+                "partitions": _checked(cluster.get("partitions"), int),
+                "replicas": _checked(cluster.get("replicas"), int),
+                "partition_bits": _checked(cluster.get("partition_bits"), int),
+                "created": time.time(),
+                "held": [],
+            }
+        except errors.InvalidRequest as e:
+            raise ConfigError(f"the seed described its cluster badly: {e}") from None
+        if identity["partition_bits"] != self.storage.layout.partition_bits:
+            raise ConfigError("the seed's cluster uses another id layout")
+        await self.storage.set_meta(identity)
+        self.identity.update(identity)
+        self.gossip.update_local(cluster_id=identity["cluster_id"])
+
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.storage.close())
         return d
+
+    # -- peers ------------------------------------------------------------------------------
+
+    def _peer_hello(self):
+        return {
+            "version": PROTOCOL_VERSION,
+            "role": "peer",
+            "host": self.identity["host_id"],
+            "cluster": self.identity["cluster_id"] or "",
+        }
+
+    def _admit_peer(self, request, channel):
+        """The one place where a peer's handshake is judged (the TLS certificate check and
+        the acceptance vote will join it here)."""
+        cluster = request.get("cluster") or ""
+        ours = self.identity["cluster_id"]
+        if cluster and ours and cluster != ours:
+            self._log.warn(
+                "refusing peer {host} at {peer}: it belongs to cluster {theirs}, this is {ours}",
+                host=request.get("host"),
+                peer=channel.peer,
+                theirs=cluster,
+                ours=ours,
+            )
+            raise errors.ProtocolError(f"this node belongs to cluster {ours}, not {cluster}")
+
+    def _heartbeat(self, address, rtt):
+        if self.gossip is not None:
+            self.gossip.observe_rtt(address, rtt)
+
+    def _first_entry(self):
+        held = self.identity["held"]
+        layout = self.storage.layout
+        return HostEntry(
+            host_id=self.identity["host_id"],
+            generation=self.generation,
+            version=0,
+            address=self.address(),
+            status="write" if held else "proposal",
+            updated=self.reactor.seconds(),
+            cluster_id=self.identity["cluster_id"] or "",
+            partitions=tuple(held),
+            ranges=tuple((layout.first_id(p), layout.last_id(p)) for p in held),
+            free_bytes=self._free_space(),
+            cpu_rating=self.cpu_rating,
+        )
+
+    def _free_space(self):
+        return self.storage.stats()["free_bytes"] // _FREE_SPACE_STEP * _FREE_SPACE_STEP
+
+    def _changing_fields(self):
+        return {"free_bytes": self._free_space()}
+
+    def _cluster_description(self):
+        return {
+            "id": self.identity["cluster_id"],
+            "partitions": self.identity["partitions"],
+            "replicas": self.identity["replicas"],
+            "partition_bits": self.identity["partition_bits"],
+        }
 
     # -- what the node says about itself ----------------------------------------------------
 
@@ -173,47 +325,78 @@ class NodeService(MultiService):
     def hello(self):
         """The ``hello`` reply: who this node is."""
         return {
-            "version": 1,
+            "version": PROTOCOL_VERSION,
             "host": self.identity["host_id"],
             "cluster": self.identity["cluster_id"],
             "max_frame": self.config.max_frame_size,
             "max_document": self.config.max_document_size,
         }
 
+    def _describe(self, entry):
+        me = self.gossip.coordinate
+        own = entry.host_id == self.identity["host_id"]
+        coordinate = me if own else entry.coordinate
+        health = (
+            {"unreliability": 0.0, "available": True, "since": self.started, "phi": 0.0, "rtt": None}
+            if own
+            else self.reliability.describe(entry.host_id)
+        )
+        return {
+            "id": entry.host_id,
+            "address": entry.address,
+            "status": entry.status,
+            "generation": entry.generation,
+            "updated": entry.updated,
+            "partitions": partition_ranges(entry.partitions),
+            "partition_count": len(entry.partitions),
+            "free_bytes": entry.free_bytes,
+            "cpu_rating": entry.cpu_rating,
+            "coordinate": {"x": coordinate.x, "y": coordinate.y, "height": coordinate.height, "error": coordinate.error},
+            "distance_ms": None if own else round(distance(me, entry.coordinate) * 1000, 3),
+            "direction": None if own else round(math.degrees(direction(me, entry.coordinate)), 1),
+            **health,
+        }
+
     def host_entry(self):
+        """This host as ``/status`` shows it: its NI entry plus local storage figures."""
         stats = self.storage.stats()
-        partitions = self.ids.partitions()
         last_commits = {}
-        for partition in partitions:
+        for partition in self.ids.partitions():
             last = self.storage.partition_state(partition).last_commit_id
             if last:
                 last_commits[str(partition)] = last
         return {
-            "id": self.identity["host_id"],
-            "address": self.address(),
-            "status": "write",
-            "partitions": partition_ranges(partitions),
-            "partition_count": len(partitions),
+            **self._describe(self.gossip.local_entry()),
             "free_bytes": stats["free_bytes"],
             "size_bytes": stats["size_bytes"],
             "last_commit_ids": last_commits,
-            "unreliability": 0.0,
             "started": self.started,
             "version": nodedb.__version__,
         }
 
     def status(self):
         """The status document of ``/status`` and ``nodedb status``."""
+        if self.gossip is None:
+            raise errors.Unavailable("the node is still starting")
         host = self.host_entry()
+        others = [self._describe(entry) for entry in self.gossip.hosts()[1:]]
+        gossip = self.gossip.state
         return {
             "host": host,
-            "hosts": [host],
+            "hosts": [host, *others],
             "cluster": {
                 "id": self.identity["cluster_id"],
                 "partitions": self.identity["partitions"],
                 "replicas": self.identity["replicas"],
             },
+            "ni": {"size": gossip.ni.size, "checksum": f"{gossip.ni.checksum:016x}", "rounds": self.gossip.rounds},
         }
+
+
+def _checked(value, kind):
+    if type(value) is not kind:
+        raise errors.InvalidRequest(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def _port_address(port):
@@ -226,15 +409,18 @@ def _port_address(port):
     return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
 
 
-def make_node(config, reactor, storage=None):
+def make_node(config, reactor, storage=None, transport_factory=None, rng=None, gossip_timing=None):
     """Build (but do not start) the node that *config* describes.
 
     :param storage: an :class:`~nodedb.interfaces.IStorageBackend` to use instead of the one
         ``config.storage`` names (tests pass a memory backend here).
+    :param transport_factory: ``transport_factory(hello, on_heartbeat)`` -> an
+        :class:`~nodedb.interfaces.IPeerTransport` service, instead of TCP on ``config.listen``
+        (the simulator passes one on its in-memory network).
     :raise ConfigError: if the configuration names something that does not exist.
     """
     if storage is None:
         from nodedb.plugins import find_storage_plugin
 
         storage = find_storage_plugin(config.storage).make_backend(config.data_dir, config, reactor)
-    return NodeService(config, reactor, storage, NodeMetrics())
+    return NodeService(config, reactor, storage, NodeMetrics(), transport_factory, rng, gossip_timing)

@@ -214,8 +214,13 @@ class Gossip:
     :param rng: a ``random.Random`` for choosing peers (seeded in the simulator).
     """
 
-    def __init__(self, local, rng, settings=GossipSettings()):
+    def __init__(self, local, rng, settings=GossipSettings(), on_change=None):
+        """
+        :param on_change: ``on_change(entry, previous)`` whenever a peer's entry is replaced
+            by a newer one (*previous* is None for a host seen for the first time).
+        """
         self.settings = settings
+        self.on_change = on_change
         self.rng = rng
         self.ni = NetworkInformation()
         self.host_id = local.host_id
@@ -331,7 +336,12 @@ class Gossip:
         """Merge a peer's entry; an entry claiming to be this host's and newer than the real
         one (stale from a crash, or forged) is refuted by a newer version of our own."""
         if entry.host_id != self.host_id:
-            return self.ni.merge(entry)
+            previous = self.ni.entries.get(entry.host_id)
+            if not self.ni.merge(entry):
+                return False
+            if self.on_change is not None:
+                self.on_change(entry, previous)
+            return True
         if entry.stamp > self.local.stamp:
             refuted = replace(self.local, generation=entry.generation, version=entry.version + 1)
             self.ni.merge(refuted)

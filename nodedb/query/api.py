@@ -123,9 +123,10 @@ class RequestAPI:
 
     _log = Logger()
 
-    def __init__(self, query, hello, clock, metrics=None):
+    def __init__(self, query, hello, clock, metrics=None, admit_peer=None):
         self.query = query
         self._hello = hello
+        self._admit_peer = admit_peer
         self.clock = clock
         self.metrics = metrics
         self._handlers = {
@@ -138,6 +139,17 @@ class RequestAPI:
             "status": self._status,
             "ping": self._ping,
         }
+        self._peer_ops = set()
+
+    def register(self, op, handler):
+        """Serve *op* (a peer operation such as ``gossip.push``) with ``handler(request)``.
+
+        Peer operations are served only on connections whose hello said ``role: peer``.
+        """
+        if op in self._handlers:
+            raise ValueError(f"op {op!r} is already served")
+        self._handlers[op] = handler
+        self._peer_ops.add(op)
 
     def dispatch(self, request, channel):
         """Serve one request from *channel* (see :class:`nodedb.wire.channel.Channel`)."""
@@ -147,7 +159,7 @@ class RequestAPI:
                 raise errors.ProtocolError("the first request on a connection must be hello")
             return self._greet(request, channel)
         handler = self._handlers.get(op)
-        if handler is None:
+        if handler is None or (op in self._peer_ops and channel.role != "peer"):
             raise errors.InvalidRequest(f"unknown op {op!r}")
         if self.metrics is None:
             return handler(request)
@@ -176,6 +188,12 @@ class RequestAPI:
             raise errors.ProtocolError(
                 f"protocol version {version!r} is not supported; this node speaks {PROTOCOL_VERSION}"
             )
+        role = request.get("role", "client")
+        if role not in ("client", "peer"):
+            raise errors.ProtocolError(f"unknown role {role!r}")
+        if role == "peer" and self._admit_peer is not None:
+            self._admit_peer(request, channel)
+        channel.role = role
         channel.greeted = True
         return self._hello()
 

@@ -39,8 +39,9 @@ class Channel(Int32StringReceiver):
         self.on_made = on_made
         self.on_lost = on_lost
         self.connected_ = False
-        #: Set by the serving side once the peer's hello was accepted.
+        #: Set by the serving side once the peer's hello was accepted, with the role it gave.
         self.greeted = False
+        self.role = None
         self._next_id = 1
         self._pending = {}  # request id -> (Deferred, deadline)
         self.peer = None
@@ -73,6 +74,8 @@ class Channel(Int32StringReceiver):
         self.transport.loseConnection()
 
     def stringReceived(self, frame):
+        if self.transport.disconnecting:
+            return  # a violation closed this connection; the frames after it are not served
         try:
             message = codec.decode(frame)
         except errors.ProtocolError as e:

@@ -7,6 +7,7 @@ then checked for the plain JSON-like types nodedb stores. Frame size bounds the 
 a message; :func:`check_document` bounds it again per document.
 """
 
+import io
 import re
 
 import cbor2
@@ -46,17 +47,22 @@ def decode(data, max_depth=MAX_DEPTH):
 
     :raise ProtocolError: if *data* is not exactly one well-formed, acceptable CBOR item.
     """
+    stream = io.BytesIO(data)
     try:
-        return cbor2.loads(
-            data,
+        value = cbor2.CBORDecoder(
+            stream,
             semantic_decoders=_NO_TAGS,
             max_depth=max_depth,
             allow_indefinite=False,
             allow_duplicate_keys=False,
             strict_hashable_types=True,
-        )
+        ).decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as e:
         raise ProtocolError(f"undecodable CBOR: {_first_line(e)}") from None
+    if stream.tell() != len(data):
+        # cbor2.loads would ignore whatever follows the first item.
+        raise ProtocolError("undecodable CBOR: trailing bytes after the item")
+    return value
 
 
 def decode_stored(data):

@@ -23,6 +23,8 @@ from nodedb.wire.channel import DEFAULT_MAX_FRAME, Channel
 SWEEP_INTERVAL = 0.1
 #: How long one TCP connection attempt may take.
 CONNECT_TIMEOUT = 5.0
+#: Heartbeats a peer may miss in a row before its connection is dropped and remade.
+HEARTBEAT_MISSES = 3
 #: How long a node may take to answer the hello that opens a connection.
 HELLO_TIMEOUT = 3.0
 
@@ -95,7 +97,16 @@ class PersistentConnection:
     :param hello: the arguments of the ``hello`` request that opens each connection.
     """
 
-    def __init__(self, clock, named_endpoints, hello, dispatch=None, max_frame=DEFAULT_MAX_FRAME):
+    def __init__(
+        self,
+        clock,
+        named_endpoints,
+        hello,
+        dispatch=None,
+        max_frame=DEFAULT_MAX_FRAME,
+        heartbeat_interval=None,
+        on_heartbeat=None,
+    ):
         self.clock = clock
         self.hello = hello
         self.server = None  # the last hello reply
@@ -117,6 +128,12 @@ class PersistentConnection:
         )
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
+        self._heartbeat = None
+        self._missed = 0
+        self.on_heartbeat = on_heartbeat
+        if heartbeat_interval:
+            self._heartbeat = LoopingCall(self._beat, heartbeat_interval)
+            self._heartbeat.clock = clock
 
     @property
     def address(self):
@@ -126,6 +143,8 @@ class PersistentConnection:
     def start(self):
         self._service.startService()
         self._sweeper.start(SWEEP_INTERVAL, now=False)
+        if self._heartbeat is not None:
+            self._heartbeat.start(self._heartbeat.a[0], now=False)
 
     def stop(self):
         """Close the connection and stop reconnecting.
@@ -134,8 +153,9 @@ class PersistentConnection:
             on the next reactor turn, so that this may be called from any callback, even one
             that ClientService itself is running.
         """
-        if self._sweeper.running:
-            self._sweeper.stop()
+        for loop in (self._sweeper, self._heartbeat):
+            if loop is not None and loop.running:
+                loop.stop()
         waiters, self._waiters = self._waiters, []
         for d, _limit in waiters:
             d.errback(errors.Unavailable("connection closed"))
@@ -199,6 +219,33 @@ class PersistentConnection:
     def _unreachable(self, reason):
         reason.trap(defer.TimeoutError, defer.CancelledError)
         raise errors.Unavailable(f"cannot reach a node ({self.last_error or 'no answer in time'})")
+
+    def _beat(self, interval):
+        """Ping the peer; a peer that misses :data:`HEARTBEAT_MISSES` pings in a row gets its
+        connection dropped (TCP may never notice a host that froze or vanished), and
+        ClientService reconnects."""
+        channel = self._channel
+        if channel is None or not channel.connected_:
+            self._report(None)
+            return
+        sent = self.clock.seconds()
+
+        def answered(_):
+            self._missed = 0
+            self._report(self.clock.seconds() - sent)
+
+        def missed(reason):
+            self._report(None)
+            self._missed += 1
+            if self._missed >= HEARTBEAT_MISSES and channel.connected_:
+                self._missed = 0
+                channel.transport.abortConnection()
+
+        channel.call("ping", None, deadline=sent + interval).addCallbacks(answered, missed)
+
+    def _report(self, rtt):
+        if self.on_heartbeat is not None:
+            self.on_heartbeat(rtt)
 
     def _sweep(self):
         now = self.clock.seconds()

@@ -1,0 +1,262 @@
+"""The gossip service: runs the pure :class:`~nodedb.gossip.state.Gossip` over the transport.
+
+Every round (one second by default) it pushes rumours to a few random peers that this host
+counts as available, pulls when checksums differ, refreshes its own entry (free space,
+coordinates, and a periodic liveness refresh), and feeds every call's outcome to Reliability
+and every round-trip time to the Vivaldi coordinates. It serves ``gossip.push``,
+``gossip.sync`` and ``gossip.join`` to peers.
+"""
+
+import random
+from dataclasses import dataclass
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nodedb import errors
+from nodedb.gossip.state import EntryError, Gossip, GossipSettings, HostEntry, check_entries
+from nodedb.interfaces import IGossip
+from nodedb.topology.vivaldi import distance, update
+
+#: Calls that count against a peer's reliability when they fail.
+_PEER_FAILURES = (errors.Timeout, errors.Unavailable)
+
+
+@dataclass(frozen=True)
+class GossipTiming:
+    """How often things happen; documented in docs/network.md."""
+
+    round_interval: float = 1.0
+    #: A host re-announces its entry this often even when nothing changed, so that others
+    #: can tell a live host from a stale entry.
+    refresh_interval: float = 30.0
+    #: Coordinates are re-announced when they moved by more than this (seconds of latency).
+    coordinate_slack: float = 0.002
+    call_timeout: float = 2.0
+    #: Seconds between attempts to join through the seeds.
+    join_retry: float = 2.0
+
+
+@implementer(IGossip)
+class GossipService(Service):
+    """
+    :param clock: the reactor or the simulator's Clock.
+    :param transport: the :class:`~nodedb.interfaces.IPeerTransport`.
+    :param reliability: the :class:`~nodedb.reliability.service.Reliability`.
+    :param local: this host's first :class:`HostEntry`.
+    :param local_fields: ``local_fields()`` -> the fields of the own entry that may change
+        (free space, status...), read every round.
+    :param cluster: ``cluster()`` -> what a joining host learns about the cluster.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock,
+        transport,
+        reliability,
+        local,
+        rng=None,
+        settings=GossipSettings(),
+        timing=GossipTiming(),
+        local_fields=None,
+        cluster=None,
+    ):
+        self.clock = clock
+        self.transport = transport
+        self.reliability = reliability
+        self.rng = rng or random.Random()
+        self.timing = timing
+        self.state = Gossip(local, self.rng, settings, on_change=self._changed)
+        self._local_fields = local_fields or dict
+        self._cluster = cluster or dict
+        self._last_refresh = clock.seconds()
+        self._coordinate = local.coordinate
+        self._by_address = {}
+        self._loop = LoopingCall(self.round)
+        self._loop.clock = clock
+        self.rounds = 0
+
+    # -- IGossip ----------------------------------------------------------------------------
+
+    def local_entry(self):
+        return self.state.local
+
+    def update_local(self, **fields):
+        return self.state.update_local(self.clock.seconds(), **fields)
+
+    def hosts(self):
+        others = sorted((e for h, e in self.state.ni.entries.items() if h != self.state.host_id), key=lambda e: e.host_id)
+        return [self.state.local, *others]
+
+    def host_for_address(self, address):
+        entry = self._by_address.get(address)
+        return None if entry is None else entry.host_id
+
+    def install(self, api):
+        """Serve the gossip operations through *api* (a :class:`RequestAPI`)."""
+        api.register("gossip.push", self._serve_push)
+        api.register("gossip.sync", self._serve_sync)
+        api.register("gossip.join", self._serve_join)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._loop.start(self.timing.round_interval, now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    # -- rounds -----------------------------------------------------------------------------
+
+    def round(self):
+        self.rounds += 1
+        self.reliability.check()
+        self._refresh_local()
+        unavailable = {h for h in self.state.peers() if not self.reliability.is_available(h)}
+        for host_id, message in self.state.round(exclude=unavailable):
+            self._push(host_id, message)
+        # Unavailable hosts are still probed, one a round, so that their return is noticed.
+        if unavailable:
+            probe = self.rng.choice(sorted(unavailable))
+            self._push(probe, self.state.push_message())
+
+    def _refresh_local(self):
+        now = self.clock.seconds()
+        local = self.state.local
+        fields = {k: v for k, v in self._local_fields().items() if getattr(local, k) != v}
+        if distance(self._coordinate, local.coordinate) > self.timing.coordinate_slack:
+            fields["coordinate"] = self._coordinate
+        if fields or now - self._last_refresh >= self.timing.refresh_interval:
+            self.state.update_local(now, **fields)
+            self._last_refresh = now
+
+    def _call(self, host_id, op, arguments):
+        """Call a peer, recording the outcome for reliability and topology."""
+        entry = self.state.ni.entries[host_id]
+        d = self.transport.call(entry.address, op, arguments, self.timing.call_timeout)
+
+        def succeeded(reply):
+            self.reliability.record_success(host_id, None)
+            return reply
+
+        def failed(reason):
+            if reason.check(*_PEER_FAILURES):
+                self.reliability.record_timeout(host_id)
+            return reason
+
+        return d.addCallbacks(succeeded, failed)
+
+    def _push(self, host_id, message):
+        d = self._call(host_id, "gossip.push", message)
+        d.addCallback(self._after_push, host_id)
+        d.addErrback(self._peer_failed, host_id, "gossip.push")
+
+    def _after_push(self, reply, host_id):
+        sync = self.state.plan_sync(reply)
+        if sync is None:
+            return None
+        d = self._call(host_id, "gossip.sync", sync)
+        return d.addCallback(lambda answer: self.state.merge_entries(check_entries(answer.get("entries")), decay=1))
+
+    def _peer_failed(self, reason, host_id, op):
+        if reason.check(*_PEER_FAILURES):
+            self._log.debug("{op} to {host_id} failed: {reason}", op=op, host_id=host_id, reason=reason.getErrorMessage())
+        elif reason.check(EntryError, errors.NodeDBError):
+            self._log.warn("{op} to {host_id}: {reason}", op=op, host_id=host_id, reason=reason.getErrorMessage())
+        else:
+            self._log.failure("{op} to {host_id} failed", reason, op=op, host_id=host_id)
+
+    def _changed(self, entry, previous):
+        if previous is not None:
+            self._by_address.pop(previous.address, None)
+            if entry.generation > previous.generation:
+                self._log.info(
+                    "host {host_id} restarted (generation {generation}) at {address}",
+                    host_id=entry.host_id,
+                    generation=entry.generation,
+                    address=entry.address,
+                )
+        else:
+            self._log.info("host {host_id} at {address} joined the network", host_id=entry.host_id, address=entry.address)
+        self._by_address[entry.address] = entry
+        self.reliability.new_generation(entry.host_id, entry.generation)
+
+    # -- topology ---------------------------------------------------------------------------
+
+    def observe_rtt(self, address, rtt):
+        """A heartbeat to *address* took *rtt* seconds (None: it was missed)."""
+        entry = self._by_address.get(address)
+        if entry is None:
+            return
+        if rtt is None:
+            self.reliability.record_timeout(entry.host_id)
+            return
+        self.reliability.record_success(entry.host_id, rtt)
+        self._coordinate = update(self._coordinate, entry.coordinate, rtt, self.rng)
+
+    @property
+    def coordinate(self):
+        return self._coordinate
+
+    # -- serving peers ----------------------------------------------------------------------
+
+    def _serve_push(self, request):
+        try:
+            return self.state.receive_push(request)
+        except EntryError as e:
+            raise errors.InvalidRequest(f"gossip.push: {e}") from None
+
+    def _serve_sync(self, request):
+        try:
+            return self.state.receive_sync(request)
+        except EntryError as e:
+            raise errors.InvalidRequest(f"gossip.sync: {e}") from None
+
+    def _serve_join(self, request):
+        try:
+            entry = HostEntry.from_wire(request.get("entry"))
+        except EntryError as e:
+            raise errors.InvalidRequest(f"gossip.join: {e}") from None
+        if entry.host_id == self.state.host_id:
+            raise errors.InvalidRequest("gossip.join: that host id is this host's")
+        self.state.merge_entries([entry])
+        return {"entries": [e.to_wire() for e in self.state.ni.entries.values()], "cluster": self._cluster()}
+
+    # -- joining ----------------------------------------------------------------------------
+
+    def join(self, seeds):
+        """Ask each seed in turn for the NI until one answers; retry until one does.
+
+        :return: a Deferred that fires with the cluster description the seed gave.
+        """
+        return defer.ensureDeferred(self._join(list(seeds)))
+
+    async def _join(self, seeds):
+        attempt = 0
+        while True:
+            for seed in seeds:
+                try:
+                    reply = await self.transport.call(
+                        seed, "gossip.join", {"entry": self.state.local.to_wire()}, self.timing.call_timeout
+                    )
+                    entries = check_entries(reply.get("entries") if type(reply) is dict else None)
+                except (errors.NodeDBError, EntryError) as e:
+                    self._log.warn("seed {seed} did not answer the join: {error}", seed=seed, error=str(e))
+                    continue
+                self.state.merge_entries(entries, decay=0)
+                self._log.info("joined through {seed}: {count} hosts known", seed=seed, count=self.state.ni.size)
+                known = {e.address for e in self.state.ni.entries.values()}
+                for other in seeds:
+                    if other not in known:
+                        self.transport.forget(other)
+                return reply.get("cluster") or {}
+            attempt += 1
+            await deferLater(self.clock, min(30.0, self.timing.join_retry * attempt), lambda: None)

@@ -1,0 +1,105 @@
+"""The peer transport: the node's listening port, and one persistent connection per peer.
+
+It is built from two endpoint factories, so the same code runs on TCP (:func:`tcp_transport`)
+and on the simulator's in-memory network (:mod:`nodedb.testing.simulation`).
+"""
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nodedb.config import parse_address
+from nodedb.interfaces import IPeerTransport
+from nodedb.wire.channel import DEFAULT_MAX_FRAME
+from nodedb.wire.connection import CONNECT_TIMEOUT, ChannelFactory, PersistentConnection
+
+
+@implementer(IPeerTransport)
+class PeerTransport(Service):
+    """Serves requests on one server endpoint; calls peers over persistent connections.
+
+    :param clock: the reactor (or the simulator's Clock).
+    :param server_endpoint: the ``IStreamServerEndpoint`` to listen on.
+    :param client_endpoint: ``client_endpoint(address)`` -> ``IStreamClientEndpoint``.
+    :param hello: ``hello()`` -> the arguments of the handshake this host sends to peers.
+    :param on_heartbeat: ``on_heartbeat(address, rtt or None)`` after each heartbeat to a peer
+        (None: the heartbeat timed out).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock,
+        server_endpoint,
+        client_endpoint,
+        hello,
+        max_frame=DEFAULT_MAX_FRAME,
+        heartbeat_interval=1.0,
+        on_heartbeat=None,
+    ):
+        self.clock = clock
+        self.server_endpoint = server_endpoint
+        self.client_endpoint = client_endpoint
+        self.hello = hello
+        self.max_frame = max_frame
+        self.heartbeat_interval = heartbeat_interval
+        self.on_heartbeat = on_heartbeat
+        self._factory = ChannelFactory(None, max_frame)
+        self._port = None
+        self._peers = {}
+
+    def serve(self, dispatch):
+        self._factory.dispatch = dispatch
+
+    def listen(self):
+        def listening(port):
+            self._port = port
+            return port
+
+        return self.server_endpoint.listen(self._factory).addCallback(listening)
+
+    def peer(self, address):
+        """The persistent connection to *address*, made on first use."""
+        peer = self._peers.get(address)
+        if peer is None:
+            peer = self._peers[address] = PersistentConnection(
+                self.clock,
+                [(address, self.client_endpoint(address))],
+                self.hello(),
+                self._factory.dispatch,
+                self.max_frame,
+                heartbeat_interval=self.heartbeat_interval,
+                on_heartbeat=None if self.on_heartbeat is None else lambda rtt: self.on_heartbeat(address, rtt),
+            )
+            peer.start()
+        return peer
+
+    def call(self, address, op, arguments, timeout):
+        return self.peer(address).call(op, arguments, timeout)
+
+    def forget(self, address):
+        """Close the connection to *address* (a host that left or moved)."""
+        peer = self._peers.pop(address, None)
+        return peer.stop() if peer is not None else defer.succeed(None)
+
+    def stopService(self):
+        super().stopService()
+        stopping = [peer.stop() for peer in self._peers.values()]
+        self._peers.clear()
+        if self._port is not None:
+            stopping.append(defer.maybeDeferred(self._port.stopListening))
+            self._port = None
+        return defer.gatherResults(stopping, consumeErrors=True)
+
+
+def tcp_transport(reactor, listen, hello, **options):
+    """A :class:`PeerTransport` on TCP: *listen* is a Twisted server endpoint description."""
+
+    def client_endpoint(address):
+        host, port = parse_address(address)
+        return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+
+    return PeerTransport(reactor, serverFromString(reactor, listen), client_endpoint, hello, **options)
