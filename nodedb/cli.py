@@ -109,8 +109,15 @@ def parse_where(clauses):
     return where
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="nodedb", description="Talk to a nodedb cluster.")
+    parser = _Parser(prog="nodedb", description="Talk to a nodedb cluster.")
     parser.add_argument(
         "--connect",
         action="append",
@@ -310,10 +317,26 @@ def _finish(reactor, args):
     return d.addErrback(failed)
 
 
+def _check_before_connecting(args):
+    """Refuse a malformed document or filter before any connection is tried.
+
+    :raise UsageError: as the command would once connected.
+    """
+    if args.command in ("insert", "update"):
+        _document(args.document)
+    elif args.command == "scan":
+        parse_where(args.where)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.timeout <= 0:
-        build_parser().error("--timeout must be positive")
+        parser.error("--timeout must be positive")
+    try:
+        _check_before_connecting(args)
+    except UsageError as e:
+        parser.exit(EXIT_USAGE, f"nodedb: {e}\n")
     react(_finish, (args,))
 
 

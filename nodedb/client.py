@@ -62,12 +62,16 @@ class Client:
     def _call(self, op, arguments, idempotent=False):
         d = self._connection.call(op, arguments, self.timeout)
         if idempotent:
-            d.addErrback(self._retry_read, op, arguments)
+            d.addErrback(self._retry_read, op, arguments, self._connection.clock.seconds() + self.timeout)
         return d
 
-    def _retry_read(self, failure, op, arguments):
+    def _retry_read(self, failure, op, arguments, deadline):
         failure.trap(errors.Unavailable)
-        return self._connection.call(op, arguments, self.timeout)
+        # The retry gets what is left of the request's timeout, not a second one.
+        remaining = deadline - self._connection.clock.seconds()
+        if remaining <= 0:
+            return failure
+        return self._connection.call(op, arguments, remaining)
 
     def insert(self, record_type, doc, near=None):
         """:return: a Deferred that fires with the new element's id."""

@@ -20,8 +20,9 @@ class IStorageBackend(Interface):
     way share the next one, and each call is applied all-or-nothing. Reads are synchronous and
     see every commit whose Deferred has fired.
 
-    The contract suite in ``tests/contract/test_storage.py`` states the behaviour precisely;
-    any backend must pass it (see ``docs/plugins.md``).
+    The contract suite in :mod:`nodedb.testing.storage_contract` states the behaviour
+    precisely; any backend must pass it (``tests/contract/test_storage.py`` runs it against the
+    shipped backends; ``docs/plugins.md`` shows how to run it against a plugin).
     """
 
     name = Attribute("Short name of the backend, as chosen with ``--storage``.")

@@ -65,7 +65,17 @@ class NodeService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config, reactor, storage, metrics, transport_factory=None, rng=None, gossip_timing=None):
+    def __init__(
+        self,
+        config,
+        reactor,
+        storage,
+        metrics,
+        transport_factory=None,
+        rng=None,
+        gossip_timing=None,
+        cpu_rating=None,
+    ):
         super().__init__()
         self.config = config
         self.reactor = reactor
@@ -84,7 +94,7 @@ class NodeService(MultiService):
         self.reliability = None
         self.gossip = None
         self.port = None
-        self.cpu_rating = None
+        self.cpu_rating = cpu_rating
         self._outcome = None
         self._waiting = []
 
@@ -135,7 +145,8 @@ class NodeService(MultiService):
         self.identity = await self._load_identity()
         self.generation = (self.storage.get_meta("generation") or 0) + 1
         await self.storage.set_meta({"generation": self.generation})
-        self.cpu_rating = measure_cpu_rating()
+        if self.cpu_rating is None:
+            self.cpu_rating = measure_cpu_rating()
         self._build_query()
         self.reliability = Reliability(self.reactor)
         self.transport = self._transport_factory(self._peer_hello, self._heartbeat)
@@ -409,7 +420,7 @@ def _port_address(port):
     return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
 
 
-def make_node(config, reactor, storage=None, transport_factory=None, rng=None, gossip_timing=None):
+def make_node(config, reactor, storage=None, transport_factory=None, rng=None, gossip_timing=None, cpu_rating=None):
     """Build (but do not start) the node that *config* describes.
 
     :param storage: an :class:`~nodedb.interfaces.IStorageBackend` to use instead of the one
@@ -417,10 +428,13 @@ def make_node(config, reactor, storage=None, transport_factory=None, rng=None, g
     :param transport_factory: ``transport_factory(hello, on_heartbeat)`` -> an
         :class:`~nodedb.interfaces.IPeerTransport` service, instead of TCP on ``config.listen``
         (the simulator passes one on its in-memory network).
+    :param rng: the ``random.Random`` for gossip and coordinates (seeded in the simulator).
+    :param gossip_timing: a :class:`~nodedb.gossip.service.GossipTiming`.
+    :param cpu_rating: this host's CPU rating, instead of measuring it.
     :raise ConfigError: if the configuration names something that does not exist.
     """
     if storage is None:
         from nodedb.plugins import find_storage_plugin
 
         storage = find_storage_plugin(config.storage).make_backend(config.data_dir, config, reactor)
-    return NodeService(config, reactor, storage, NodeMetrics(), transport_factory, rng, gossip_timing)
+    return NodeService(config, reactor, storage, NodeMetrics(), transport_factory, rng, gossip_timing, cpu_rating)

@@ -75,6 +75,11 @@ class Options(usage.Options):
                 map_size=self["map-size"],
                 max_types=self["max-types"],
             )
+            # An unknown backend is a command-line mistake: report it here, where twistd
+            # prints it as one, rather than as a traceback from makeService.
+            from nodedb.plugins import find_storage_plugin
+
+            find_storage_plugin(self.config.storage)
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
@@ -103,4 +108,9 @@ def _give_up(failure, reactor):
     if not failure.check(ConfigError) and not hasattr(reason, "wire_name"):
         _log.failure("details", failure)
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
-    reactor.stop()
+    # twistd starts services before it runs the reactor, so a failure can arrive before
+    # there is a running reactor to stop.
+    if reactor.running:
+        reactor.stop()
+    else:
+        reactor.callWhenRunning(reactor.stop)

@@ -1,8 +1,8 @@
 """The gossip service: runs the pure :class:`~nodedb.gossip.state.Gossip` over the transport.
 
 Every round (one second by default) it pushes rumours to a few random peers that this host
-counts as available, pulls when checksums differ, refreshes its own entry (free space,
-coordinates, and a periodic liveness refresh), and feeds every call's outcome to Reliability
+counts as available, pulls when checksums differ, refreshes its own entry when a field
+changed (free space, coordinates), and feeds every call's outcome to Reliability
 and every round-trip time to the Vivaldi coordinates. It serves ``gossip.push``,
 ``gossip.sync`` and ``gossip.join`` to peers.
 """
@@ -30,11 +30,11 @@ class GossipTiming:
     """How often things happen; documented in docs/network.md."""
 
     round_interval: float = 1.0
-    #: A host re-announces its entry this often even when nothing changed, so that others
-    #: can tell a live host from a stale entry.
-    refresh_interval: float = 30.0
-    #: Coordinates are re-announced when they moved by more than this (seconds of latency).
+    #: Coordinates are re-announced when they moved by more than this (seconds of latency),
+    #: and at most once per ``coordinate_interval``: every announcement is a rumour that
+    #: every host has to hear.
     coordinate_slack: float = 0.002
+    coordinate_interval: float = 30.0
     call_timeout: float = 2.0
     #: Seconds between attempts to join through the seeds.
     join_retry: float = 2.0
@@ -74,7 +74,7 @@ class GossipService(Service):
         self.state = Gossip(local, self.rng, settings, on_change=self._changed)
         self._local_fields = local_fields or dict
         self._cluster = cluster or dict
-        self._last_refresh = clock.seconds()
+        self._last_coordinate = clock.seconds()
         self._coordinate = local.coordinate
         self._by_address = {}
         self._loop = LoopingCall(self.round)
@@ -132,11 +132,14 @@ class GossipService(Service):
         now = self.clock.seconds()
         local = self.state.local
         fields = {k: v for k, v in self._local_fields().items() if getattr(local, k) != v}
-        if distance(self._coordinate, local.coordinate) > self.timing.coordinate_slack:
+        if (
+            now - self._last_coordinate >= self.timing.coordinate_interval
+            and distance(self._coordinate, local.coordinate) > self.timing.coordinate_slack
+        ):
             fields["coordinate"] = self._coordinate
-        if fields or now - self._last_refresh >= self.timing.refresh_interval:
+            self._last_coordinate = now
+        if fields:
             self.state.update_local(now, **fields)
-            self._last_refresh = now
 
     def _call(self, host_id, op, arguments):
         """Call a peer, recording the outcome for reliability and topology."""

@@ -158,7 +158,7 @@ class RequestAPI:
             if op != "hello":
                 raise errors.ProtocolError("the first request on a connection must be hello")
             return self._greet(request, channel)
-        handler = self._handlers.get(op)
+        handler = self._handlers.get(op) if type(op) is str else None
         if handler is None or (op in self._peer_ops and channel.role != "peer"):
             raise errors.InvalidRequest(f"unknown op {op!r}")
         if self.metrics is None:

@@ -20,6 +20,9 @@ MAX_PAGE_SIZE = 10_000
 #: A page stops after examining this many elements, so that a filter matching little
 #: never holds the reactor for long; the cursor then resumes where it stopped.
 MAX_EXAMINED_PER_PAGE = 50_000
+#: A page also stops once its documents add up to this many encoded bytes (it always holds at
+#: least one), so that a page of large documents still fits in one reply frame.
+MAX_PAGE_BYTES = 1024 * 1024
 _SCAN_BATCH = 512
 
 
@@ -80,7 +83,7 @@ class LocalQuery:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE_SIZE}")
         after = decode_cursor(cursor)
         items = []
-        examined = 0
+        examined = size = 0
         while True:
             batch = self.storage.scan(record_type, after, _SCAN_BATCH)
             for element_id, data, version in batch:
@@ -89,7 +92,8 @@ class LocalQuery:
                 doc = codec.decode_stored(data)
                 if predicate is None or predicate(doc):
                     items.append([element_id, doc, version])
-                    if len(items) >= limit:
+                    size += len(data)
+                    if len(items) >= limit or size >= MAX_PAGE_BYTES:
                         return {"items": items, "cursor": encode_cursor(after)}
                 if examined >= MAX_EXAMINED_PER_PAGE:
                     return {"items": items, "cursor": encode_cursor(after)}

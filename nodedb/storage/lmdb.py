@@ -15,6 +15,7 @@ reactor never waits on fsync; reads are memory-mapped and stay on the reactor.
 """
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import struct
@@ -116,6 +117,7 @@ class LMDBStorage:
         self._writing = False
         self._idle = None  # Deferred fired when the queue drains, during close
         self._pool = None
+        self._lock = None
         #: Called with the number of commit calls in each synced transaction (for metrics).
         self.on_batch = None
 
@@ -124,6 +126,7 @@ class LMDBStorage:
     def open(self):
         try:
             os.makedirs(self.path, exist_ok=True)
+            self._lock_directory()
             self.env = lmdb.open(
                 self.path,
                 map_size=self.map_size,
@@ -147,6 +150,18 @@ class LMDBStorage:
             self._pool = ThreadPool(minthreads=1, maxthreads=1, name="nodedb-lmdb-writer")
             self._pool.start()
         return defer.succeed(None)
+
+    def _lock_directory(self):
+        """Hold an exclusive lock on the store for as long as it is open: LMDB lets several
+        processes share an environment, but two nodes on one store would hand out the same
+        ids."""
+        self._lock = open(os.path.join(self.path, "nodedb.lock"), "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            raise Unavailable(f"storage at {self.path} is in use by another nodedb process") from None
 
     def _check_schema(self):
         with self.env.begin(write=True) as txn:
@@ -185,6 +200,9 @@ class LMDBStorage:
             self.env.close()
             self.env = None
             self._types.clear()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -217,8 +235,7 @@ class LMDBStorage:
         return d
 
     def _start_batch(self):
-        take = min(MAX_BATCH, (len(self._queue) + 1) // 2)
-        batch, self._queue = self._queue[:take], self._queue[take:]
+        batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         if self.synchronous:
             self._finish_batch(batch, self._write_batch(batch))
         else:

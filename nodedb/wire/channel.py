@@ -57,6 +57,10 @@ class Channel(Int32StringReceiver):
 
     def connectionLost(self, reason):
         self.connected_ = False
+        unread = len(self.recvd)
+        if unread and not self.transport.disconnecting:
+            # The other end went away in the middle of a frame: bad input like any other.
+            self._log.warn("{peer} closed the connection in the middle of a frame ({count} bytes unread)", peer=self.peer, count=unread)
         pending, self._pending = self._pending, {}
         for d, _deadline in pending.values():
             d.errback(errors.Unavailable(f"connection to {self.peer} lost"))

@@ -104,9 +104,12 @@ class PersistentConnection:
         hello,
         dispatch=None,
         max_frame=DEFAULT_MAX_FRAME,
-        heartbeat_interval=None,
-        on_heartbeat=None,
+        own_timers=True,
     ):
+        """
+        :param own_timers: check call deadlines with a timer of its own; a transport that
+            keeps many connections passes False and calls :meth:`sweep` for all of them.
+        """
         self.clock = clock
         self.hello = hello
         self.server = None  # the last hello reply
@@ -126,14 +129,11 @@ class PersistentConnection:
             retryPolicy=lambda failures: 0.0 if failures < immediate else backoff(failures - immediate),
             clock=clock,
         )
-        self._sweeper = LoopingCall(self._sweep)
-        self._sweeper.clock = clock
-        self._heartbeat = None
         self._missed = 0
-        self.on_heartbeat = on_heartbeat
-        if heartbeat_interval:
-            self._heartbeat = LoopingCall(self._beat, heartbeat_interval)
-            self._heartbeat.clock = clock
+        self._sweeper = None
+        if own_timers:
+            self._sweeper = LoopingCall(lambda: self.sweep(self.clock.seconds()))
+            self._sweeper.clock = clock
 
     @property
     def address(self):
@@ -142,9 +142,8 @@ class PersistentConnection:
 
     def start(self):
         self._service.startService()
-        self._sweeper.start(SWEEP_INTERVAL, now=False)
-        if self._heartbeat is not None:
-            self._heartbeat.start(self._heartbeat.a[0], now=False)
+        if self._sweeper is not None:
+            self._sweeper.start(SWEEP_INTERVAL, now=False)
 
     def stop(self):
         """Close the connection and stop reconnecting.
@@ -153,9 +152,8 @@ class PersistentConnection:
             on the next reactor turn, so that this may be called from any callback, even one
             that ClientService itself is running.
         """
-        for loop in (self._sweeper, self._heartbeat):
-            if loop is not None and loop.running:
-                loop.stop()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
         waiters, self._waiters = self._waiters, []
         for d, _limit in waiters:
             d.errback(errors.Unavailable("connection closed"))
@@ -220,22 +218,25 @@ class PersistentConnection:
         reason.trap(defer.TimeoutError, defer.CancelledError)
         raise errors.Unavailable(f"cannot reach a node ({self.last_error or 'no answer in time'})")
 
-    def _beat(self, interval):
-        """Ping the peer; a peer that misses :data:`HEARTBEAT_MISSES` pings in a row gets its
-        connection dropped (TCP may never notice a host that froze or vanished), and
-        ClientService reconnects."""
+    def beat(self, interval, report):
+        """Ping the peer and ``report(rtt)`` (None if it does not answer within *interval*).
+
+        A peer that misses :data:`HEARTBEAT_MISSES` pings in a row gets its connection
+        dropped (TCP may never notice a host that froze or vanished), and ClientService
+        reconnects.
+        """
         channel = self._channel
         if channel is None or not channel.connected_:
-            self._report(None)
+            report(None)
             return
         sent = self.clock.seconds()
 
         def answered(_):
             self._missed = 0
-            self._report(self.clock.seconds() - sent)
+            report(self.clock.seconds() - sent)
 
         def missed(reason):
-            self._report(None)
+            report(None)
             self._missed += 1
             if self._missed >= HEARTBEAT_MISSES and channel.connected_:
                 self._missed = 0
@@ -243,12 +244,8 @@ class PersistentConnection:
 
         channel.call("ping", None, deadline=sent + interval).addCallbacks(answered, missed)
 
-    def _report(self, rtt):
-        if self.on_heartbeat is not None:
-            self.on_heartbeat(rtt)
-
-    def _sweep(self):
-        now = self.clock.seconds()
+    def sweep(self, now):
+        """Fail the calls whose deadline passed before *now* with Timeout."""
         for channel in (self._channel, self._greeting):
             if channel is not None:
                 channel.expire(now)

@@ -7,13 +7,14 @@ and on the simulator's in-memory network (:mod:`nodedb.testing.simulation`).
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nodedb.config import parse_address
 from nodedb.interfaces import IPeerTransport
 from nodedb.wire.channel import DEFAULT_MAX_FRAME
-from nodedb.wire.connection import CONNECT_TIMEOUT, ChannelFactory, PersistentConnection
+from nodedb.wire.connection import CONNECT_TIMEOUT, SWEEP_INTERVAL, ChannelFactory, PersistentConnection
 
 
 @implementer(IPeerTransport)
@@ -50,6 +51,11 @@ class PeerTransport(Service):
         self._factory = ChannelFactory(None, max_frame)
         self._port = None
         self._peers = {}
+        # One timer each for all peers, rather than timers per connection.
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = clock
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = clock
 
     def serve(self, dispatch):
         self._factory.dispatch = dispatch
@@ -71,14 +77,32 @@ class PeerTransport(Service):
                 self.hello(),
                 self._factory.dispatch,
                 self.max_frame,
-                heartbeat_interval=self.heartbeat_interval,
-                on_heartbeat=None if self.on_heartbeat is None else lambda rtt: self.on_heartbeat(address, rtt),
+                own_timers=False,
             )
             peer.start()
         return peer
 
     def call(self, address, op, arguments, timeout):
         return self.peer(address).call(op, arguments, timeout)
+
+    def startService(self):
+        super().startService()
+        self._sweeper.start(SWEEP_INTERVAL, now=False)
+        if self.heartbeat_interval:
+            self._heartbeat.start(self.heartbeat_interval, now=False)
+
+    def _sweep(self):
+        now = self.clock.seconds()
+        for peer in self._peers.values():
+            peer.sweep(now)
+
+    def _beat(self):
+        for address, peer in list(self._peers.items()):
+            peer.beat(self.heartbeat_interval, lambda rtt, address=address: self._report(address, rtt))
+
+    def _report(self, address, rtt):
+        if self.on_heartbeat is not None:
+            self.on_heartbeat(address, rtt)
 
     def forget(self, address):
         """Close the connection to *address* (a host that left or moved)."""
@@ -87,6 +111,9 @@ class PeerTransport(Service):
 
     def stopService(self):
         super().stopService()
+        for loop in (self._sweeper, self._heartbeat):
+            if loop.running:
+                loop.stop()
         stopping = [peer.stop() for peer in self._peers.values()]
         self._peers.clear()
         if self._port is not None:
