@@ -3,7 +3,6 @@
 import math
 import os
 import random
-import secrets
 import time
 
 from twisted.application.internet import StreamServerEndpointService
@@ -81,7 +80,8 @@ class NodeService(MultiService):
         self.reactor = reactor
         self.storage = storage
         self.metrics = metrics
-        self.rng = rng or random.Random()
+        # Ids and gossip choices come from here; the simulator seeds it so runs replay.
+        self.rng = rng or random.Random(os.urandom(16))
         self.gossip_timing = gossip_timing or GossipTiming()
         self._transport_factory = transport_factory or self._tcp_transport
         self.started = None
@@ -134,6 +134,7 @@ class NodeService(MultiService):
             hello,
             max_frame=self.config.max_frame_size,
             on_heartbeat=on_heartbeat,
+            heartbeat_op="gossip.ping",
         )
 
     async def _start(self):
@@ -220,17 +221,17 @@ class NodeService(MultiService):
                 stored["held"] = list(range(stored["partitions"]))
             self._log.info("restarting node {host_id} from {data_dir}", host_id=stored["host_id"], data_dir=self.config.data_dir)
             return stored
-        host_id = stored["host_id"] or secrets.token_hex(6)
+        host_id = stored["host_id"] or f"{self.rng.getrandbits(48):012x}"
         if self.config.seeds:
             await self.storage.set_meta({"host_id": host_id})
             return {**stored, "host_id": host_id, "held": [], "partition_bits": self.storage.layout.partition_bits}
         identity = {
             "host_id": host_id,
-            "cluster_id": secrets.token_hex(8),
+            "cluster_id": f"{self.rng.getrandbits(64):016x}",
             "partitions": self.config.partitions,
             "replicas": self.config.replicas,
             "partition_bits": self.storage.layout.partition_bits,
-            "created": time.time(),
+            "created": self.reactor.seconds(),
             "held": list(range(self.config.partitions)),
         }
         await self.storage.set_meta(identity)
@@ -252,7 +253,7 @@ class NodeService(MultiService):
                 "partitions": _checked(cluster.get("partitions"), int),
                 "replicas": _checked(cluster.get("replicas"), int),
                 "partition_bits": _checked(cluster.get("partition_bits"), int),
-                "created": time.time(),
+                "created": self.reactor.seconds(),
                 "held": [],
             }
         except errors.InvalidRequest as e:
@@ -293,9 +294,9 @@ class NodeService(MultiService):
             )
             raise errors.ProtocolError(f"this node belongs to cluster {ours}, not {cluster}")
 
-    def _heartbeat(self, address, rtt):
+    def _heartbeat(self, address, rtt, reply):
         if self.gossip is not None:
-            self.gossip.observe_rtt(address, rtt)
+            self.gossip.observe_heartbeat(address, rtt, reply)
 
     def _first_entry(self):
         held = self.identity["held"]

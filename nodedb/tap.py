@@ -6,6 +6,7 @@ and call :func:`nodedb.node.make_node` (see tac/nodedb.tac).
 
 import os
 
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -105,7 +106,9 @@ def makeService(options, reactor=None):
 def _give_up(failure, reactor):
     reason = failure.value
     _log.critical("nodedb could not start: {reason}", reason=str(reason) or type(reason).__name__)
-    if not failure.check(ConfigError) and not hasattr(reason, "wire_name"):
+    # A bad setting, a port in use or a NodeDBError says all there is to say; anything else
+    # is a bug, and its traceback goes to the log.
+    if not failure.check(ConfigError, CannotListenError) and not hasattr(reason, "wire_name"):
         _log.failure("details", failure)
     reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
     # twistd starts services before it runs the reactor, so a failure can arrive before

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from nodedb import errors
 from nodedb.gossip.state import EntryError, Gossip, GossipSettings, HostEntry, check_entries
 from nodedb.interfaces import IGossip
-from nodedb.topology.vivaldi import distance, update
+from nodedb.topology.vivaldi import Coordinate, displacement, update
 
 #: Calls that count against a peer's reliability when they fail.
 _PEER_FAILURES = (errors.Timeout, errors.Unavailable)
@@ -102,6 +102,7 @@ class GossipService(Service):
         api.register("gossip.push", self._serve_push)
         api.register("gossip.sync", self._serve_sync)
         api.register("gossip.join", self._serve_join)
+        api.register("gossip.ping", self._serve_ping)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -134,7 +135,7 @@ class GossipService(Service):
         fields = {k: v for k, v in self._local_fields().items() if getattr(local, k) != v}
         if (
             now - self._last_coordinate >= self.timing.coordinate_interval
-            and distance(self._coordinate, local.coordinate) > self.timing.coordinate_slack
+            and displacement(local.coordinate, self._coordinate) > self.timing.coordinate_slack
         ):
             fields["coordinate"] = self._coordinate
             self._last_coordinate = now
@@ -194,8 +195,10 @@ class GossipService(Service):
 
     # -- topology ---------------------------------------------------------------------------
 
-    def observe_rtt(self, address, rtt):
-        """A heartbeat to *address* took *rtt* seconds (None: it was missed)."""
+    def observe_heartbeat(self, address, rtt, reply):
+        """A ``gossip.ping`` to *address* took *rtt* seconds and answered *reply* (both None:
+        it was missed). The reply carries the peer's current coordinate, which Vivaldi needs:
+        the one in the NI is only re-announced now and then."""
         entry = self._by_address.get(address)
         if entry is None:
             return
@@ -203,13 +206,20 @@ class GossipService(Service):
             self.reliability.record_timeout(entry.host_id)
             return
         self.reliability.record_success(entry.host_id, rtt)
-        self._coordinate = update(self._coordinate, entry.coordinate, rtt, self.rng)
+        try:
+            remote = Coordinate.from_wire(reply.get("coord") if type(reply) is dict else None)
+        except ValueError:
+            remote = entry.coordinate
+        self._coordinate = update(self._coordinate, remote, rtt, self.rng)
 
     @property
     def coordinate(self):
         return self._coordinate
 
     # -- serving peers ----------------------------------------------------------------------
+
+    def _serve_ping(self, request):
+        return {"coord": self._coordinate.to_wire()}
 
     def _serve_push(self, request):
         try:

@@ -92,6 +92,8 @@ class SimCluster:
                 hello,
                 heartbeat_interval=self.heartbeat_interval,
                 on_heartbeat=on_heartbeat,
+                rng=random.Random(self.rng.random()),
+                heartbeat_op="gossip.ping",
             )
 
         config = NodeConfig(
@@ -147,11 +149,11 @@ class SimCluster:
             if h.node.identity["host_id"] != subject_id
         }
 
-    def run(self, seconds, step=0.05):
-        self.network.run(seconds, step)
+    def run(self, seconds):
+        self.network.run(seconds)
 
-    def run_until(self, condition, timeout, step=0.05):
-        return self.network.run_until(condition, timeout, step)
+    def run_until(self, condition, timeout, check_every=0.05):
+        return self.network.run_until(condition, timeout, check_every)
 
     def stop(self):
         for host in self.hosts:

@@ -10,6 +10,7 @@ is reset). The same seed and the same calls give the same run, so a failing test
 seed (see :func:`replay_hint`) and replays exactly.
 """
 
+import os
 import random
 from dataclasses import dataclass
 
@@ -127,7 +128,7 @@ class SimNetwork:
         self.delivered = 0
         self.dropped = 0
         self._listeners = {}  # address -> _Port
-        self._connections = set()
+        self._connections = {}  # ordered, so that a crash closes them in a replayable order
         self._cut = set()  # (from host, to host): writes that way are lost
         self._paused = {}  # host -> (unsent writes, undelivered writes) until it resumes
         self._down = set()  # hosts that crashed and have not restarted
@@ -165,7 +166,7 @@ class SimNetwork:
             return self._later(error.ConnectionRefusedError(destination))
         connection.protocols = [client, server]
         connection.transports = [_SimTransport(connection, 0), _SimTransport(connection, 1)]
-        self._connections.add(connection)
+        self._connections[connection] = None
         d = defer.Deferred()
 
         def established():
@@ -223,7 +224,7 @@ class SimNetwork:
         if not connection.open:
             return
         connection.open = False
-        self._connections.discard(connection)
+        self._connections.pop(connection, None)
         for transport in connection.transports:
             transport.disconnecting = True
 
@@ -276,23 +277,37 @@ class SimNetwork:
 
     # -- running ----------------------------------------------------------------------------
 
-    def run(self, seconds, step=0.01):
-        """Advance the shared clock by *seconds*, in steps of *step*."""
+    def run(self, seconds):
+        """Advance the shared clock by *seconds*, one scheduled event at a time, so that every
+        event sees the exact time it was due (``Clock.advance`` would jump to the end of a
+        step first, and measured round trips would come out as multiples of the step)."""
         end = self.clock.seconds() + seconds
-        while self.clock.seconds() < end:
-            self.clock.advance(min(step, end - self.clock.seconds()))
+        calls = self.clock.calls
+        while calls and calls[0].getTime() <= end:
+            self.clock.advance(max(0.0, calls[0].getTime() - self.clock.seconds()))
+        self.clock.advance(max(0.0, end - self.clock.seconds()))
 
-    def run_until(self, condition, timeout, step=0.01):
-        """Advance until ``condition()`` holds; :return: the simulated seconds it took.
+    def run_until(self, condition, timeout, check_every=0.05):
+        """Run until ``condition()`` holds, checking it every *check_every* simulated seconds.
 
+        :return: the simulated seconds it took.
         :raise AssertionError: naming the seed, if *timeout* simulated seconds pass first.
         """
         start = self.clock.seconds()
         while not condition():
             if self.clock.seconds() - start >= timeout:
                 raise AssertionError(f"condition not reached in {timeout}s of simulated time; {replay_hint(self.seed)}")
-            self.clock.advance(step)
+            self.run(check_every)
         return self.clock.seconds() - start
+
+
+def seeds(count=3):
+    """The seeds a simulated test runs with: ``NODEDB_SEED`` alone when it is set (to replay
+    a failure), else 1..*count*."""
+    chosen = os.environ.get("NODEDB_SEED")
+    if chosen is not None:
+        return [int(chosen)]
+    return list(range(1, count + 1))
 
 
 def replay_hint(seed):

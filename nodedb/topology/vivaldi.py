@@ -58,6 +58,11 @@ def distance(a, b):
     return math.hypot(a.x - b.x, a.y - b.y) + a.height + b.height
 
 
+def displacement(a, b):
+    """How far a coordinate moved from *a* to *b* (seconds of latency)."""
+    return math.hypot(a.x - b.x, a.y - b.y) + abs(a.height - b.height)
+
+
 def update(local, remote, rtt, rng):
     """The new local coordinate after measuring *rtt* seconds to the host at *remote*.
 

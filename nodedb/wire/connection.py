@@ -6,6 +6,8 @@ by itself); hosts use one per peer. A call made while the connection is down wai
 but never past its own timeout.
 """
 
+import random
+
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
@@ -105,10 +107,12 @@ class PersistentConnection:
         dispatch=None,
         max_frame=DEFAULT_MAX_FRAME,
         own_timers=True,
+        rng=None,
     ):
         """
         :param own_timers: check call deadlines with a timer of its own; a transport that
             keeps many connections passes False and calls :meth:`sweep` for all of them.
+        :param rng: a ``random.Random`` for the reconnection jitter (seeded in the simulator).
         """
         self.clock = clock
         self.hello = hello
@@ -120,7 +124,7 @@ class PersistentConnection:
         self._waiters = []  # (Deferred, give up after this many failures or None)
         self._endpoint = RotatingEndpoint(named_endpoints, self._attempt_failed)
         immediate = len(self._endpoint)
-        backoff = backoffPolicy(initialDelay=0.2, maxDelay=5.0)
+        backoff = backoffPolicy(initialDelay=0.2, maxDelay=5.0, jitter=(rng or random.Random()).random)
         factory = ChannelFactory(dispatch, max_frame)
         factory.on_connected = self._greet
         self._service = ClientService(
@@ -218,8 +222,9 @@ class PersistentConnection:
         reason.trap(defer.TimeoutError, defer.CancelledError)
         raise errors.Unavailable(f"cannot reach a node ({self.last_error or 'no answer in time'})")
 
-    def beat(self, interval, report):
-        """Ping the peer and ``report(rtt)`` (None if it does not answer within *interval*).
+    def beat(self, interval, report, op="ping"):
+        """Send *op* to the peer and ``report(rtt, reply)`` (``None, None`` if it does not
+        answer within *interval*).
 
         A peer that misses :data:`HEARTBEAT_MISSES` pings in a row gets its connection
         dropped (TCP may never notice a host that froze or vanished), and ClientService
@@ -227,22 +232,22 @@ class PersistentConnection:
         """
         channel = self._channel
         if channel is None or not channel.connected_:
-            report(None)
+            report(None, None)
             return
         sent = self.clock.seconds()
 
-        def answered(_):
+        def answered(reply):
             self._missed = 0
-            report(self.clock.seconds() - sent)
+            report(self.clock.seconds() - sent, reply)
 
         def missed(reason):
-            report(None)
+            report(None, None)
             self._missed += 1
             if self._missed >= HEARTBEAT_MISSES and channel.connected_:
                 self._missed = 0
                 channel.transport.abortConnection()
 
-        channel.call("ping", None, deadline=sent + interval).addCallbacks(answered, missed)
+        channel.call(op, None, deadline=sent + interval).addCallbacks(answered, missed)
 
     def sweep(self, now):
         """Fail the calls whose deadline passed before *now* with Timeout."""

@@ -4,6 +4,8 @@ It is built from two endpoint factories, so the same code runs on TCP (:func:`tc
 and on the simulator's in-memory network (:mod:`nodedb.testing.simulation`).
 """
 
+import random
+
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, serverFromString
@@ -25,8 +27,11 @@ class PeerTransport(Service):
     :param server_endpoint: the ``IStreamServerEndpoint`` to listen on.
     :param client_endpoint: ``client_endpoint(address)`` -> ``IStreamClientEndpoint``.
     :param hello: ``hello()`` -> the arguments of the handshake this host sends to peers.
-    :param on_heartbeat: ``on_heartbeat(address, rtt or None)`` after each heartbeat to a peer
-        (None: the heartbeat timed out).
+    :param on_heartbeat: ``on_heartbeat(address, rtt, reply)`` after each heartbeat to a peer
+        (``rtt`` and ``reply`` are None when it timed out).
+    :param heartbeat_op: the request each heartbeat sends (``ping`` by default; the node uses
+        ``gossip.ping``, whose reply carries the peer's current coordinate).
+    :param rng: a ``random.Random`` for reconnection jitter (seeded in the simulator).
     """
 
     _log = Logger()
@@ -40,6 +45,8 @@ class PeerTransport(Service):
         max_frame=DEFAULT_MAX_FRAME,
         heartbeat_interval=1.0,
         on_heartbeat=None,
+        rng=None,
+        heartbeat_op="ping",
     ):
         self.clock = clock
         self.server_endpoint = server_endpoint
@@ -48,6 +55,8 @@ class PeerTransport(Service):
         self.max_frame = max_frame
         self.heartbeat_interval = heartbeat_interval
         self.on_heartbeat = on_heartbeat
+        self.heartbeat_op = heartbeat_op
+        self.rng = rng or random.Random()
         self._factory = ChannelFactory(None, max_frame)
         self._port = None
         self._peers = {}
@@ -78,6 +87,7 @@ class PeerTransport(Service):
                 self._factory.dispatch,
                 self.max_frame,
                 own_timers=False,
+                rng=random.Random(self.rng.random()),
             )
             peer.start()
         return peer
@@ -98,11 +108,15 @@ class PeerTransport(Service):
 
     def _beat(self):
         for address, peer in list(self._peers.items()):
-            peer.beat(self.heartbeat_interval, lambda rtt, address=address: self._report(address, rtt))
+            peer.beat(
+                self.heartbeat_interval,
+                lambda rtt, reply, address=address: self._report(address, rtt, reply),
+                self.heartbeat_op,
+            )
 
-    def _report(self, address, rtt):
+    def _report(self, address, rtt, reply):
         if self.on_heartbeat is not None:
-            self.on_heartbeat(address, rtt)
+            self.on_heartbeat(address, rtt, reply)
 
     def forget(self, address):
         """Close the connection to *address* (a host that left or moved)."""
