@@ -45,7 +45,8 @@ th{{background:#eee}}</style></head>
 This is host <code>{host_id}</code>. Machine-readable: <a href="/status">/status</a>,
 <a href="/metrics">/metrics</a>.</p>
 <table><tr><th>host</th><th>address</th><th>status</th><th>partitions</th>
-<th>unreliability</th><th>size</th><th>free</th></tr>
+<th>unreliability</th><th>available</th><th>distance</th><th>coordinates (x, y, height)</th>
+<th>free</th></tr>
 {rows}
 </table></body></html>
 """
@@ -57,6 +58,10 @@ def _size(count):
             return f"{count:.0f} {unit}"
         count /= 1024
     return f"{count:.1f} TiB"
+
+
+def _coordinate(c):
+    return f"{c['x'] * 1000:.1f}, {c['y'] * 1000:.1f}, {c['height'] * 1000:.1f} ms"
 
 
 class _Page(Resource):
@@ -78,7 +83,9 @@ class _Page(Resource):
                     host["status"],
                     host["partition_count"],
                     host["unreliability"],
-                    _size(host["size_bytes"]),
+                    "yes" if host["available"] else "no",
+                    "-" if host["distance_ms"] is None else f"{host['distance_ms']:.1f} ms",
+                    _coordinate(host["coordinate"]),
                     _size(host["free_bytes"]),
                 )
             )

@@ -258,10 +258,24 @@ async def _status(client, args):
     if args.json:
         _print(_dumps(status))
         return
-    rows = [("ID", "ADDRESS", "STATUS", "PARTITIONS", "UNRELIABILITY")]
+    rows = [("ID", "ADDRESS", "STATUS", "PARTITIONS", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES")]
     for host in status["hosts"]:
         ranges = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in host["partitions"])
-        rows.append((host["id"], host["address"], host["status"], ranges or "-", f"{host['unreliability']:.2f}"))
+        available = host.get("available", True)
+        distance = host.get("distance_ms")
+        coordinate = host.get("coordinate")
+        rows.append(
+            (
+                host["id"],
+                host["address"],
+                host["status"],
+                ranges or "-",
+                f"{host['unreliability']:.2f}",
+                "yes" if available else "no",
+                "-" if distance is None else f"{distance:.1f}ms",
+                "-" if not coordinate else f"({coordinate['x'] * 1000:.1f},{coordinate['y'] * 1000:.1f},{coordinate['height'] * 1000:.1f})ms",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         _print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
