@@ -180,3 +180,15 @@ def test_the_same_seed_replays_the_same_run():
 
     assert run(11) == run(11)
     assert run(11) != run(12)
+
+
+@pytest.mark.parametrize("seed", seeds(1))
+def test_a_hundred_hosts_converge_in_logarithmic_rounds(seed):
+    cluster = SimCluster(seed, heartbeat_interval=None)
+    cluster.start_hosts(100)
+    took = cluster.run_until(cluster.converged, timeout=60, check_every=0.5)
+    rounds = took / GossipTiming().round_interval
+    assert rounds <= 3 * math.log2(100), f"{rounds:.0f} rounds ({cluster})"
+    cluster.hosts[42].node.gossip.update_local(status="read")
+    took = cluster.run_until(cluster.converged, timeout=60, check_every=0.5)
+    assert took / GossipTiming().round_interval <= 2 * math.log2(100), cluster
