@@ -1,0 +1,1 @@
+"""System tests: real twistd nodedb processes on loopback addresses."""
