@@ -102,6 +102,9 @@ class NodeConfig:
     max_frame_size: int = 4 * 1024 * 1024
     map_size: int = 64 * 1024**3
     max_types: int = 1000
+    peer_timeout: float = 2.0
+    peer_retries: int = 1
+    heartbeat_interval: float = 1.0
 
     def __post_init__(self):
         self.check()
@@ -120,6 +123,12 @@ class NodeConfig:
             raise ConfigError("--max-document-size must be at least 1024 bytes")
         if self.max_frame_size < self.max_document_size + 64 * 1024:
             raise ConfigError("--max-frame-size must exceed --max-document-size by at least 64 KiB")
+        if not 0.05 <= self.peer_timeout <= 300:
+            raise ConfigError("--peer-timeout must be between 0.05 and 300 seconds")
+        if not 0 <= self.peer_retries <= 10:
+            raise ConfigError("--peer-retries must be between 0 and 10")
+        if not 0.05 <= self.heartbeat_interval <= 60:
+            raise ConfigError("--heartbeat-interval must be between 0.05 and 60 seconds")
         for seed in self.seeds:
             try:
                 parse_address(seed)

@@ -21,7 +21,7 @@ from nodedb.ids import IdAllocator
 from nodedb.metrics import NodeMetrics
 from nodedb.query.api import RequestAPI
 from nodedb.query.local import LocalQuery
-from nodedb.reliability.service import Reliability
+from nodedb.reliability.service import Reliability, ReliabilitySettings
 from nodedb.topology.vivaldi import direction, distance
 from nodedb.wire.channel import PROTOCOL_VERSION
 from nodedb.wire.transport import tcp_transport
@@ -133,6 +133,7 @@ class NodeService(MultiService):
             self.config.listen,
             hello,
             max_frame=self.config.max_frame_size,
+            heartbeat_interval=self.config.heartbeat_interval,
             on_heartbeat=on_heartbeat,
             heartbeat_op="gossip.ping",
         )
@@ -149,7 +150,10 @@ class NodeService(MultiService):
         if self.cpu_rating is None:
             self.cpu_rating = measure_cpu_rating()
         self._build_query()
-        self.reliability = Reliability(self.reactor)
+        self.reliability = Reliability(
+            self.reactor,
+            ReliabilitySettings(call_timeout=self.config.peer_timeout, retries=self.config.peer_retries),
+        )
         self.transport = self._transport_factory(self._peer_hello, self._heartbeat)
         self.transport.setName("transport")
         self.transport.serve(self.api.dispatch)

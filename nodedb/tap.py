@@ -44,6 +44,9 @@ class Options(usage.Options):
         ["max-frame-size", None, 4 * 1024 * 1024, "Largest wire frame accepted, in bytes.", _positive_int],
         ["map-size", None, 64 * 1024**3, "LMDB map size in bytes: the most the store can grow to.", _positive_int],
         ["max-types", None, 1000, "Most record types one store can hold (LMDB sub-databases).", _positive_int],
+        ["peer-timeout", None, 2.0, "Seconds a call to another host may take before it counts as a timeout.", float],
+        ["peer-retries", None, 1, "More tries of an idempotent call to another host after a timeout.", int],
+        ["heartbeat-interval", None, 1.0, "Seconds between heartbeats to each connected host.", float],
     ]
     optFlags = [
         ["insecure", None, "Allow plaintext on non-loopback addresses (no TLS)."],
@@ -75,6 +78,9 @@ class Options(usage.Options):
                 max_frame_size=self["max-frame-size"],
                 map_size=self["map-size"],
                 max_types=self["max-types"],
+                peer_timeout=self["peer-timeout"],
+                peer_retries=self["peer-retries"],
+                heartbeat_interval=self["heartbeat-interval"],
             )
             # An unknown backend is a command-line mistake: report it here, where twistd
             # prints it as one, rather than as a traceback from makeService.

@@ -35,7 +35,6 @@ class GossipTiming:
     #: every host has to hear.
     coordinate_slack: float = 0.002
     coordinate_interval: float = 30.0
-    call_timeout: float = 2.0
     #: Seconds between attempts to join through the seeds.
     join_retry: float = 2.0
 
@@ -142,18 +141,22 @@ class GossipService(Service):
         if fields:
             self.state.update_local(now, **fields)
 
-    def _call(self, host_id, op, arguments):
-        """Call a peer, recording the outcome for reliability and topology."""
+    def _call(self, host_id, op, arguments, retries=0):
+        """Call a peer with the reliability settings' timeout, recording every outcome;
+        an idempotent call may be tried *retries* more times."""
         entry = self.state.ni.entries[host_id]
-        d = self.transport.call(entry.address, op, arguments, self.timing.call_timeout)
+        d = self.transport.call(entry.address, op, arguments, self.reliability.settings.call_timeout)
 
         def succeeded(reply):
             self.reliability.record_success(host_id, None)
             return reply
 
         def failed(reason):
-            if reason.check(*_PEER_FAILURES):
-                self.reliability.record_timeout(host_id)
+            if not reason.check(*_PEER_FAILURES):
+                return reason
+            self.reliability.record_timeout(host_id)
+            if retries > 0 and self.running:
+                return self._call(host_id, op, arguments, retries - 1)
             return reason
 
         return d.addCallbacks(succeeded, failed)
@@ -167,7 +170,7 @@ class GossipService(Service):
         sync = self.state.plan_sync(reply)
         if sync is None:
             return None
-        d = self._call(host_id, "gossip.sync", sync)
+        d = self._call(host_id, "gossip.sync", sync, retries=self.reliability.settings.retries)
         return d.addCallback(lambda answer: self.state.merge_entries(check_entries(answer.get("entries")), decay=1))
 
     def _peer_failed(self, reason, host_id, op):
@@ -258,7 +261,7 @@ class GossipService(Service):
             for seed in seeds:
                 try:
                     reply = await self.transport.call(
-                        seed, "gossip.join", {"entry": self.state.local.to_wire()}, self.timing.call_timeout
+                        seed, "gossip.join", {"entry": self.state.local.to_wire()}, self.reliability.settings.call_timeout
                     )
                     entries = check_entries(reply.get("entries") if type(reply) is dict else None)
                 except (errors.NodeDBError, EntryError) as e:

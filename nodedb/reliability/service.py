@@ -23,9 +23,10 @@ class ReliabilitySettings:
 
     score: ScoreSettings = ScoreSettings()
     phi: PhiSettings = PhiSettings()
-    #: Seconds a peer call may take before it counts as a timeout.
+    #: Seconds a peer call may take before it counts as a timeout (``--peer-timeout``).
     call_timeout: float = 2.0
-    #: How many times a failed peer call is tried again before giving up.
+    #: How many more times an idempotent peer call is tried after a timeout
+    #: (``--peer-retries``); every failed try counts against the peer.
     retries: int = 1
 
 
