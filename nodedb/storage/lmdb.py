@@ -56,6 +56,7 @@ class _Txn:
         self.backend = backend
         self.txn = txn
         self._states = {}  # partition -> PartitionState as this transaction left it
+        self._dirty = set()  # partitions whose state is written once, by flush()
 
     def get_element(self, record_type, element_id):
         value = self.txn.get(_ID.pack(element_id), db=self.backend._types[record_type])
@@ -77,7 +78,18 @@ class _Txn:
 
     def put_partition_state(self, state):
         self._states[state.partition] = state
-        self.txn.put(b"p:" + _PARTITION.pack(state.partition), state.to_bytes(), db=self.backend._meta)
+        self._dirty.add(state.partition)
+
+    def put_meta(self, key, value):
+        self.txn.put(key, value, db=self.backend._meta)
+
+    def flush(self):
+        """Write the partition states the batch changed (once each, however many units
+        changed them)."""
+        for partition in sorted(self._dirty):
+            state = self._states[partition]
+            self.txn.put(b"p:" + _PARTITION.pack(partition), state.to_bytes(), db=self.backend._meta)
+        self._dirty.clear()
 
     def append_log(self, entry):
         self.txn.put(entry.key(), entry.value(), db=self.backend._log)
@@ -207,7 +219,7 @@ class LMDBStorage:
     # -- writes -----------------------------------------------------------------------------
 
     def commit(self, operations, timestamp):
-        types = {op.record_type for op in operations}
+        types = (operations[0].record_type,) if len(operations) == 1 else {op.record_type for op in operations}
         return self._submit(lambda txn: apply_operations(txn, operations, timestamp, self.layout), types)
 
     def set_meta(self, items):
@@ -215,7 +227,7 @@ class LMDBStorage:
 
         def write(txn):
             for key, value in encoded:
-                txn.txn.put(key, value, db=self._meta)
+                txn.put_meta(key, value)
 
         return self._submit(write, ())
 
@@ -268,6 +280,7 @@ class LMDBStorage:
                             outcomes[index] = (True, work(view))
                         except NodeDBError as e:
                             outcomes[index] = (False, e)
+                view.flush()
         except lmdb.MapFullError:
             return [(False, Unavailable("storage is full"))] * len(batch)
         except lmdb.Error as e:
