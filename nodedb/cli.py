@@ -50,34 +50,24 @@ def _document(text):
     return doc
 
 
-def _element_id(text):
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an element id: {text!r}") from None
-    if not 0 <= value < 1 << 64:
-        raise argparse.ArgumentTypeError(f"not an element id: {text!r}")
-    return value
+def _integer(what, minimum, maximum=None):
+    """An argparse type: a decimal integer in ``[minimum, maximum)``, named *what* in errors."""
+
+    def parse(text):
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = None
+        if value is None or value < minimum or (maximum is not None and value >= maximum):
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}")
+        return value
+
+    return parse
 
 
-def _version(text):
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a version: {text!r}")
-    return value
-
-
-def _positive(text):
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return value
+_element_id = _integer("an element id", 0, 1 << 64)
+_version = _integer("a version", 0)
+_positive = _integer("a positive integer", 1)
 
 
 def _filter_value(text):
