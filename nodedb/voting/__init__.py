@@ -1,0 +1,1 @@
+"""Voting: agreement on membership, the partition map and id ranges, by Raft."""

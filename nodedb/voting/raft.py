@@ -1,0 +1,611 @@
+"""Raft, as a pure state machine (in the manner of etcd-io/raft).
+
+Nothing here does I/O, reads a clock or spawns a thread. Time is :meth:`Raft.tick`; peers'
+messages come in through :meth:`Raft.step`; the application asks for changes with
+:meth:`Raft.propose`. Everything the caller must act on is collected in a :class:`Ready`:
+entries and hard state to make durable, messages to send, committed entries to apply. The
+caller persists first and sends after (a vote or an acknowledgement must never be sent before
+what it promises is on disk), then calls :meth:`Raft.advance`.
+
+What is implemented (Ongaro's dissertation, chapters 3, 4, 5, 9):
+
+- leader election with randomized timeouts, **pre-vote** (a partitioned host does not disrupt
+  the cluster when it comes back) and **check-quorum** (a leader that cannot hear a majority
+  steps down, so a stale leader does not hold the lease);
+- log replication with conflict back-off by term, commit on a majority of the current term;
+- **membership changes one server at a time**: a configuration entry takes effect as soon as
+  it is appended, and a new one is refused while one is uncommitted; **learners** receive
+  the log but neither vote nor count for commitment;
+- **snapshots and log compaction**: the application hands a snapshot of its state at an
+  applied index to :meth:`Raft.compact`; a follower behind the compaction point receives the
+  snapshot instead of entries.
+"""
+
+from dataclasses import dataclass, field
+
+FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER = "follower", "pre-candidate", "candidate", "leader"
+
+# Message types.
+VOTE, VOTE_REPLY = "vote", "vote-reply"
+PRE_VOTE, PRE_VOTE_REPLY = "pre-vote", "pre-vote-reply"
+APPEND, APPEND_REPLY = "append", "append-reply"
+SNAPSHOT = "snapshot"
+
+#: Most entries one append message carries.
+MAX_ENTRIES_PER_MESSAGE = 256
+
+
+class NotLeader(Exception):
+    """Only the leader accepts proposals; ``leader`` names the one this host knows of."""
+
+    def __init__(self, leader):
+        super().__init__(f"not the leader (the leader is {leader})")
+        self.leader = leader
+
+
+class ChangeInProgress(Exception):
+    """A membership change is uncommitted; propose the next one after it commits."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One log entry. ``config`` entries carry ``{"voters": [...], "learners": [...]}``."""
+
+    term: int
+    index: int
+    kind: str = "normal"
+    data: object = None
+
+
+@dataclass(frozen=True)
+class Config:
+    voters: frozenset = frozenset()
+    learners: frozenset = frozenset()
+
+    def to_data(self):
+        return {"voters": sorted(self.voters), "learners": sorted(self.learners)}
+
+    @classmethod
+    def from_data(cls, data):
+        return cls(frozenset(data["voters"]), frozenset(data["learners"]))
+
+    @property
+    def members(self):
+        return self.voters | self.learners
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The application state as of ``index`` (whose entry had ``term``), with the
+    configuration in force there."""
+
+    index: int
+    term: int
+    config: Config
+    data: object = None
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: str
+    source: str
+    target: str
+    term: int
+    # vote / pre-vote
+    last_index: int = 0
+    last_term: int = 0
+    granted: bool = False
+    # append
+    prev_index: int = 0
+    prev_term: int = 0
+    entries: tuple = ()
+    commit: int = 0
+    # append reply
+    success: bool = False
+    match: int = 0
+    hint: int = 0
+    # snapshot
+    snapshot: Snapshot | None = None
+
+
+@dataclass(frozen=True)
+class HardState:
+    """What must be durable before any message that depends on it is sent."""
+
+    term: int = 0
+    vote: str | None = None
+    commit: int = 0
+
+
+@dataclass
+class Ready:
+    """What the caller must do, in this order: persist ``snapshot`` (if any), ``entries`` and
+    ``hard_state`` (if not None); send ``messages``; apply ``committed``; then
+    :meth:`Raft.advance`."""
+
+    hard_state: HardState | None = None
+    entries: list = field(default_factory=list)
+    #: When set, the log from this index on is replaced by ``entries``.
+    truncate_from: int | None = None
+    snapshot: Snapshot | None = None
+    messages: list = field(default_factory=list)
+    committed: list = field(default_factory=list)
+
+    def empty(self):
+        return (
+            self.hard_state is None
+            and not self.entries
+            and self.truncate_from is None
+            and self.snapshot is None
+            and not self.messages
+            and not self.committed
+        )
+
+
+@dataclass
+class _Progress:
+    match: int = 0
+    next: int = 1
+    #: Heard from since the last check-quorum.
+    active: bool = False
+
+
+class Raft:
+    """One member's Raft state.
+
+    :param node_id: this member's id.
+    :param config: the initial :class:`Config` (for a new cluster) unless *snapshot* or log
+        entries carry one.
+    :param rng: a ``random.Random`` for election timeouts.
+    :param hard_state, log, snapshot: what was persisted (for a restart).
+    :param election_ticks: the base election timeout; the actual one is random in
+        ``[election_ticks, 2 * election_ticks)``.
+    :param heartbeat_ticks: how often a leader sends appends when idle.
+    """
+
+    def __init__(
+        self,
+        node_id,
+        rng,
+        config=Config(),
+        hard_state=HardState(),
+        log=(),
+        snapshot=None,
+        election_ticks=10,
+        heartbeat_ticks=1,
+        pre_vote=True,
+        check_quorum=True,
+    ):
+        self.id = node_id
+        self.rng = rng
+        self.election_ticks = election_ticks
+        self.heartbeat_ticks = heartbeat_ticks
+        self.pre_vote = pre_vote
+        self.check_quorum = check_quorum
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.commit = hard_state.commit
+        self.snapshot = snapshot or Snapshot(0, 0, config)
+        self.log = [e for e in log if e.index > self.snapshot.index]
+        self.applied = self.snapshot.index
+        self.commit = max(self.commit, self.snapshot.index)
+        self.config = self._config_at_end()
+        self.state = FOLLOWER
+        self.leader = None
+        self.elapsed = 0
+        self.timeout = self._random_timeout()
+        self.votes = {}
+        self.progress = {}
+        self._pending_config = 0
+        self._ready = Ready()
+        self._last_hard = HardState(self.term, self.vote, self.commit)
+
+    # -- the log ----------------------------------------------------------------------------
+
+    def last_index(self):
+        return self.log[-1].index if self.log else self.snapshot.index
+
+    def last_term(self):
+        return self.log[-1].term if self.log else self.snapshot.term
+
+    def term_at(self, index):
+        """The term of the entry at *index*, or None if it is compacted away or missing."""
+        if index == self.snapshot.index:
+            return self.snapshot.term
+        offset = index - self.snapshot.index - 1
+        if 0 <= offset < len(self.log):
+            return self.log[offset].term
+        return None
+
+    def entries_from(self, index, limit=MAX_ENTRIES_PER_MESSAGE):
+        offset = index - self.snapshot.index - 1
+        return tuple(self.log[max(0, offset) : max(0, offset) + limit])
+
+    def _config_at_end(self):
+        for entry in reversed(self.log):
+            if entry.kind == "config":
+                return Config.from_data(entry.data)
+        return self.snapshot.config
+
+    def _append(self, entries):
+        """Append (or replace from the first conflict on) *entries*; the caller must persist."""
+        for entry in entries:
+            existing = self.term_at(entry.index)
+            if existing is None and entry.index <= self.snapshot.index:
+                continue  # already compacted: it is committed, so it matches
+            if existing == entry.term:
+                continue
+            if existing is not None:
+                # A conflict: drop this entry and everything after it.
+                keep = entry.index - self.snapshot.index - 1
+                del self.log[keep:]
+                self._ready.entries = [e for e in self._ready.entries if e.index < entry.index]
+                if self._ready.truncate_from is None or entry.index < self._ready.truncate_from:
+                    self._ready.truncate_from = entry.index
+            self.log.append(entry)
+            self._ready.entries.append(entry)
+            if entry.kind == "config":
+                self.config = Config.from_data(entry.data)
+                self._config_changed()
+        # A config entry that was truncated away no longer applies.
+        self.config = self._config_at_end()
+
+    # -- time -------------------------------------------------------------------------------
+
+    def _random_timeout(self):
+        return self.election_ticks + self.rng.randrange(self.election_ticks)
+
+    def tick(self):
+        self.elapsed += 1
+        if self.state == LEADER:
+            if self.elapsed % self.heartbeat_ticks == 0:
+                self._broadcast_append()
+            if self.check_quorum and self.elapsed >= self.election_ticks:
+                self.elapsed = 0
+                active = sum(1 for v in self.config.voters if v == self.id or self.progress.get(v, _Progress()).active)
+                for progress in self.progress.values():
+                    progress.active = False
+                if active < self._quorum():
+                    self._become_follower(self.term, None)
+        elif self.elapsed >= self.timeout and self.id in self.config.voters:
+            self.campaign()
+
+    # -- elections --------------------------------------------------------------------------
+
+    def _quorum(self):
+        return len(self.config.voters) // 2 + 1
+
+    def campaign(self):
+        """Start an election (a pre-vote first, if enabled)."""
+        if self.id not in self.config.voters:
+            return
+        if self.pre_vote:
+            self.state = PRE_CANDIDATE
+            term = self.term + 1
+            kind = PRE_VOTE
+        else:
+            self._become_candidate()
+            term = self.term
+            kind = VOTE
+        self.votes = {self.id: True}
+        self.elapsed = 0
+        self.timeout = self._random_timeout()
+        if self._tally() >= self._quorum():
+            self._won_round()
+            return
+        for voter in sorted(self.config.voters - {self.id}):
+            self._send(Message(kind, self.id, voter, term, last_index=self.last_index(), last_term=self.last_term()))
+
+    def _become_candidate(self):
+        self.state = CANDIDATE
+        self.term += 1
+        self.vote = self.id
+        self.leader = None
+
+    def _tally(self):
+        return sum(1 for granted in self.votes.values() if granted)
+
+    def _won_round(self):
+        if self.state == PRE_CANDIDATE:
+            self._become_candidate()
+            self.votes = {self.id: True}
+            if self._tally() >= self._quorum():
+                self._become_leader()
+                return
+            for voter in sorted(self.config.voters - {self.id}):
+                self._send(
+                    Message(VOTE, self.id, voter, self.term, last_index=self.last_index(), last_term=self.last_term())
+                )
+        else:
+            self._become_leader()
+
+    def _become_follower(self, term, leader):
+        if term > self.term:
+            self.term = term
+            self.vote = None
+        self.state = FOLLOWER
+        self.leader = leader
+        self.elapsed = 0
+        self.timeout = self._random_timeout()
+        self.votes = {}
+
+    def _become_leader(self):
+        self.state = LEADER
+        self.leader = self.id
+        self.elapsed = 0
+        self.progress = {m: _Progress(next=self.last_index() + 1) for m in self.config.members if m != self.id}
+        self._pending_config = max(
+            (e.index for e in self.log if e.kind == "config" and e.index > self.commit), default=0
+        )
+        # A no-op entry of the new term lets the leader commit what earlier terms left.
+        self._append([Entry(self.term, self.last_index() + 1)])
+        self._maybe_commit()
+        self._broadcast_append()
+
+    def _config_changed(self):
+        if self.state == LEADER:
+            for member in self.config.members - {self.id}:
+                self.progress.setdefault(member, _Progress(next=self.last_index()))
+            for gone in set(self.progress) - self.config.members:
+                del self.progress[gone]
+            # A leader removed from the voters steps down once the change commits
+            # (see _maybe_commit).
+
+    def _log_is_current(self, message):
+        return (message.last_term, message.last_index) >= (self.last_term(), self.last_index())
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def _send(self, message):
+        self._ready.messages.append(message)
+
+    def step(self, message):
+        """Handle a message from a peer."""
+        if message.kind == PRE_VOTE:
+            self._on_pre_vote(message)
+            return
+        if message.kind == PRE_VOTE_REPLY:
+            if self.state == PRE_CANDIDATE and message.term == self.term + 1:
+                self._count(message)
+            elif message.term > self.term and not message.granted:
+                self._become_follower(message.term, None)
+            return
+        if message.term > self.term:
+            if message.kind == VOTE and self._in_lease():
+                return  # check-quorum: a leader was heard recently, ignore disruptive votes
+            leader = message.source if message.kind in (APPEND, SNAPSHOT) else None
+            self._become_follower(message.term, leader)
+        elif message.term < self.term:
+            if message.kind in (APPEND, SNAPSHOT):
+                # Tell a stale leader about the new term.
+                self._send(Message(APPEND_REPLY, self.id, message.source, self.term))
+            return
+        handler = {
+            VOTE: self._on_vote,
+            VOTE_REPLY: self._on_vote_reply,
+            APPEND: self._on_append,
+            APPEND_REPLY: self._on_append_reply,
+            SNAPSHOT: self._on_snapshot,
+        }.get(message.kind)
+        if handler is not None:
+            handler(message)
+
+    def _in_lease(self):
+        return self.check_quorum and self.leader is not None and self.elapsed < self.election_ticks
+
+    def _on_pre_vote(self, message):
+        granted = message.term > self.term and self._log_is_current(message) and not self._in_lease()
+        self._send(Message(PRE_VOTE_REPLY, self.id, message.source, message.term if granted else self.term, granted=granted))
+
+    def _on_vote(self, message):
+        granted = self.vote in (None, message.source) and self._log_is_current(message)
+        if granted:
+            self.vote = message.source
+            self.elapsed = 0
+        self._send(Message(VOTE_REPLY, self.id, message.source, self.term, granted=granted))
+
+    def _on_vote_reply(self, message):
+        if self.state == CANDIDATE:
+            self._count(message)
+
+    def _count(self, message):
+        if message.source not in self.config.voters:
+            return
+        self.votes[message.source] = message.granted
+        if self._tally() >= self._quorum():
+            self._won_round()
+        elif sum(1 for g in self.votes.values() if not g) >= self._quorum():
+            self._become_follower(self.term, None)
+
+    def _on_append(self, message):
+        self.state = FOLLOWER
+        self.leader = message.source
+        self.elapsed = 0
+        if message.prev_index < self.commit:
+            # Already committed here: answer with what we have.
+            self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=self.commit))
+            return
+        if self.term_at(message.prev_index) != message.prev_term:
+            hint = min(message.prev_index - 1, self.last_index())
+            self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=False, hint=max(hint, 0)))
+            return
+        self._append(message.entries)
+        match = message.prev_index + len(message.entries)
+        if message.commit > self.commit:
+            self.commit = min(message.commit, match)
+        self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=match))
+
+    def _on_snapshot(self, message):
+        self.state = FOLLOWER
+        self.leader = message.source
+        self.elapsed = 0
+        snapshot = message.snapshot
+        if snapshot.index <= self.commit:
+            self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=self.commit))
+            return
+        if self.term_at(snapshot.index) == snapshot.term:
+            # We have that entry: keep the log after it, compact what is before.
+            self.log = [e for e in self.log if e.index > snapshot.index]
+        else:
+            self.log = []
+            self._ready.entries = []
+            self._ready.truncate_from = snapshot.index + 1
+        self.snapshot = snapshot
+        self._ready.snapshot = snapshot
+        self.commit = self.applied = snapshot.index
+        self.config = self._config_at_end()
+        self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=snapshot.index))
+
+    def _on_append_reply(self, message):
+        if self.state != LEADER:
+            return
+        progress = self.progress.get(message.source)
+        if progress is None:
+            return
+        progress.active = True
+        if message.success:
+            if message.match > progress.match:
+                progress.match = message.match
+                if self._maybe_commit():
+                    # Tell everyone the new commit index now rather than at the next beat.
+                    progress.next = max(progress.next, progress.match + 1)
+                    self._broadcast_append()
+                    return
+            progress.next = max(progress.next, progress.match + 1)
+            if progress.next <= self.last_index():
+                self._send_append(message.source)
+        elif message.hint >= progress.match:
+            # Back off towards the follower's log; a rejection older than what the follower
+            # already acknowledged is stale and ignored.
+            progress.next = max(progress.match + 1, min(progress.next - 1, message.hint + 1))
+            self._send_append(message.source)
+
+    # -- replication ------------------------------------------------------------------------
+
+    def _broadcast_append(self):
+        for member in sorted(self.progress):
+            self._send_append(member)
+
+    def _send_append(self, member):
+        progress = self.progress[member]
+        prev = progress.next - 1
+        prev_term = self.term_at(prev)
+        if prev_term is None:
+            self._send(Message(SNAPSHOT, self.id, member, self.term, snapshot=self.snapshot))
+            return
+        self._send(
+            Message(
+                APPEND,
+                self.id,
+                member,
+                self.term,
+                prev_index=prev,
+                prev_term=prev_term,
+                entries=self.entries_from(progress.next),
+                commit=self.commit,
+            )
+        )
+
+    def _maybe_commit(self):
+        """Advance the commit index to what a majority of voters has, if that entry is of the
+        current term. :return: True if it advanced."""
+        matches = sorted(
+            [self.last_index() if v == self.id else self.progress.get(v, _Progress()).match for v in self.config.voters],
+            reverse=True,
+        )
+        if not matches:
+            return False
+        candidate = matches[self._quorum() - 1]
+        if candidate <= self.commit or self.term_at(candidate) != self.term:
+            return False
+        self.commit = candidate
+        if self._pending_config and self._pending_config <= self.commit:
+            self._pending_config = 0
+            if self.id not in self.config.voters:
+                self._become_follower(self.term, None)
+        return True
+
+    # -- proposals --------------------------------------------------------------------------
+
+    def propose(self, data):
+        """Append *data* as a normal entry. :return: its index.
+
+        :raise NotLeader: on any member but the leader.
+        """
+        return self._propose(Entry(self.term, self.last_index() + 1, "normal", data))
+
+    def propose_config(self, voters, learners=()):
+        """Change the membership; at most one voter may be added or removed per change.
+
+        :raise ChangeInProgress: while an earlier change is uncommitted.
+        :raise ValueError: for a change of more than one voter.
+        """
+        if self.state == LEADER and self._pending_config:
+            raise ChangeInProgress("a membership change is still uncommitted")
+        new = Config(frozenset(voters), frozenset(learners) - frozenset(voters))
+        if len(new.voters ^ self.config.voters) > 1:
+            raise ValueError("change one voter at a time")
+        if not new.voters:
+            raise ValueError("a cluster needs a voter")
+        index = self._propose(Entry(self.term, self.last_index() + 1, "config", new.to_data()))
+        self._pending_config = index
+        return index
+
+    def _propose(self, entry):
+        if self.state != LEADER:
+            raise NotLeader(self.leader)
+        self._append([entry])
+        self._maybe_commit()
+        self._broadcast_append()
+        return entry.index
+
+    # -- compaction -------------------------------------------------------------------------
+
+    def compact(self, index, data):
+        """The application's state as of applied *index* is *data*: drop the log up to it."""
+        if index > self.applied or index <= self.snapshot.index:
+            raise ValueError("compact only at an applied index past the last snapshot")
+        term = self.term_at(index)
+        config = self.snapshot.config
+        for entry in self.log:
+            if entry.index > index:
+                break
+            if entry.kind == "config":
+                config = Config.from_data(entry.data)
+        self.snapshot = Snapshot(index, term, config, data)
+        self.log = [e for e in self.log if e.index > index]
+        self._ready.snapshot = self.snapshot
+
+    # -- the ready cycle --------------------------------------------------------------------
+
+    def ready(self):
+        """:return: the :class:`Ready` of everything that happened since the last advance."""
+        ready = self._ready
+        hard = HardState(self.term, self.vote, self.commit)
+        if hard != self._last_hard:
+            ready.hard_state = hard
+        if self.commit > self.applied:
+            first = self.applied + 1
+            ready.committed = [e for e in self.log if first <= e.index <= self.commit]
+        return ready
+
+    def advance(self, ready):
+        """The caller persisted, sent and applied *ready*."""
+        if ready.hard_state is not None:
+            self._last_hard = ready.hard_state
+        if ready.committed:
+            self.applied = ready.committed[-1].index
+        self._ready = Ready()
+
+    def status(self):
+        return {
+            "id": self.id,
+            "state": self.state,
+            "term": self.term,
+            "leader": self.leader,
+            "commit": self.commit,
+            "applied": self.applied,
+            "last_index": self.last_index(),
+            "voters": sorted(self.config.voters),
+            "learners": sorted(self.config.learners),
+        }
