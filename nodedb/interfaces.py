@@ -91,7 +91,8 @@ class IStorageBackend(Interface):
         """:return: the value stored under the text *key* in the meta store, or None."""
 
     def set_meta(items):
-        """Durably store ``{text key: CBOR-serialisable value}``.
+        """Durably store ``{text key: CBOR-serialisable value}``, all or none; a value of
+        None deletes the key.
 
         :return: a Deferred that fires once the values are durable.
         """

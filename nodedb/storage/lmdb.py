@@ -81,7 +81,10 @@ class _Txn:
         self._dirty.add(state.partition)
 
     def put_meta(self, key, value):
-        self.txn.put(key, value, db=self.backend._meta)
+        if value is None:
+            self.txn.delete(key, db=self.backend._meta)
+        else:
+            self.txn.put(key, value, db=self.backend._meta)
 
     def flush(self):
         """Write the partition states the batch changed (once each, however many units
@@ -223,7 +226,9 @@ class LMDBStorage:
         return self._submit(lambda txn: apply_operations(txn, operations, timestamp, self.layout), types)
 
     def set_meta(self, items):
-        encoded = [(b"m:" + key.encode("utf-8"), codec.encode(value)) for key, value in items.items()]
+        encoded = [
+            (b"m:" + key.encode("utf-8"), None if value is None else codec.encode(value)) for key, value in items.items()
+        ]
 
         def write(txn):
             for key, value in encoded:

@@ -116,7 +116,11 @@ class MemoryStorage:
     def set_meta(self, items):
         if not self._open:
             return defer.fail(Unavailable("storage is closed"))
-        self.store.meta.update(items)
+        for key, value in items.items():
+            if value is None:
+                self.store.meta.pop(key, None)
+            else:
+                self.store.meta[key] = value
         return defer.succeed(None)
 
     def stats(self):

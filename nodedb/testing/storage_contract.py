@@ -416,6 +416,12 @@ class StorageBackendContract(_BackendFixtures):
         assert backend.get_meta("héllo") is True
 
     @pytest_twisted.ensureDeferred
+    async def test_a_meta_value_of_none_deletes_the_key(self, backend):
+        await backend.set_meta({"a": 1, "b": 2})
+        await backend.set_meta({"a": None, "c": 3, "never-there": None})
+        assert (backend.get_meta("a"), backend.get_meta("b"), backend.get_meta("c")) == (None, 2, 3)
+
+    @pytest_twisted.ensureDeferred
     async def test_stats_report_size_and_free_space(self, backend):
         stats = backend.stats()
         assert {"size_bytes", "free_bytes"} <= set(stats)

@@ -199,6 +199,7 @@ class Raft:
         self._pending_config = 0
         self._ready = Ready()
         self._last_hard = HardState(self.term, self.vote, self.commit)
+        self._handed_out = self.applied  # the last committed index handed out in a Ready
 
     # -- the log ----------------------------------------------------------------------------
 
@@ -452,7 +453,7 @@ class Raft:
             self._ready.truncate_from = snapshot.index + 1
         self.snapshot = snapshot
         self._ready.snapshot = snapshot
-        self.commit = self.applied = snapshot.index
+        self.commit = self.applied = self._handed_out = snapshot.index
         self.config = self._config_at_end()
         self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=snapshot.index))
 
@@ -579,23 +580,25 @@ class Raft:
     # -- the ready cycle --------------------------------------------------------------------
 
     def ready(self):
-        """:return: the :class:`Ready` of everything that happened since the last advance."""
-        ready = self._ready
+        """:return: the :class:`Ready` of everything that happened since the last call.
+
+        Each call hands out new work only, so the caller may ask again while it is still
+        persisting an earlier one (it must then persist them in order)."""
+        ready, self._ready = self._ready, Ready()
         hard = HardState(self.term, self.vote, self.commit)
         if hard != self._last_hard:
-            ready.hard_state = hard
-        if self.commit > self.applied:
-            first = self.applied + 1
+            ready.hard_state = self._last_hard = hard
+        if self.commit > self._handed_out:
+            first = self._handed_out + 1
             ready.committed = [e for e in self.log if first <= e.index <= self.commit]
+            if ready.committed:
+                self._handed_out = ready.committed[-1].index
         return ready
 
     def advance(self, ready):
         """The caller persisted, sent and applied *ready*."""
-        if ready.hard_state is not None:
-            self._last_hard = ready.hard_state
         if ready.committed:
-            self.applied = ready.committed[-1].index
-        self._ready = Ready()
+            self.applied = max(self.applied, ready.committed[-1].index)
 
     def status(self):
         return {
