@@ -105,6 +105,7 @@ class NodeConfig:
     peer_timeout: float = 2.0
     peer_retries: int = 1
     heartbeat_interval: float = 1.0
+    remove_after: float = 600.0
 
     def __post_init__(self):
         self.check()
@@ -129,6 +130,8 @@ class NodeConfig:
             raise ConfigError("--peer-retries must be between 0 and 10")
         if not 0.05 <= self.heartbeat_interval <= 60:
             raise ConfigError("--heartbeat-interval must be between 0.05 and 60 seconds")
+        if not 1 <= self.remove_after <= 10**7:
+            raise ConfigError("--remove-after must be between 1 and 10000000 seconds")
         for seed in self.seeds:
             try:
                 parse_address(seed)

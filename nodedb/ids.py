@@ -68,18 +68,31 @@ class IdAllocator:
     element to the partition of an existing one.
     """
 
-    def __init__(self, layout, high_water_marks, inserts_per_turn=None):
+    def __init__(self, layout, high_water_marks, inserts_per_turn=None, limits=None):
         """
         :param layout: the cluster's :class:`IdLayout`.
         :param high_water_marks: ``{partition: last sequence ever used}`` for every partition
             this host may allocate in (read from storage at start-up).
+        :param limits: ``{partition: (first, last)}`` sequence range allowed in each partition
+            (the identifier range of its current epoch); the whole sequence space by default.
         """
         self.layout = layout
-        self._last = dict(high_water_marks)
-        self._rotation = itertools.cycle(sorted(self._last)) if self._last else None
         self._turn = inserts_per_turn or INSERTS_PER_TURN
         self._current = None
         self._left_in_turn = 0
+        self._limits = {}
+        self._last = {}
+        self._rotation = None
+        self.set_partitions(high_water_marks, limits)
+
+    def set_partitions(self, high_water_marks, limits=None):
+        """Allocate in these partitions from now on (the partition map changed)."""
+        limits = limits or {}
+        self._limits = {p: limits.get(p, (1, self.layout.max_sequence)) for p in high_water_marks}
+        self._last = {p: max(last, self._limits[p][0] - 1) for p, last in high_water_marks.items()}
+        self._rotation = itertools.cycle(sorted(self._last)) if self._last else None
+        if self._current not in self._last:
+            self._left_in_turn = 0
 
     def partitions(self):
         return sorted(self._last)
@@ -102,7 +115,7 @@ class IdAllocator:
         last = self._last.get(partition)
         if last is None:
             raise Unavailable(f"partition {partition} is not held by this host")
-        if last >= self.layout.max_sequence:
-            raise Unavailable(f"partition {partition} has used its whole id range")
+        if last >= self._limits[partition][1]:
+            raise Unavailable(f"partition {partition} has used its whole id range for this epoch")
         self._last[partition] = last + 1
         return self.layout.make(partition, last + 1)

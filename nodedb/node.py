@@ -23,6 +23,9 @@ from nodedb.query.api import RequestAPI
 from nodedb.query.local import LocalQuery
 from nodedb.reliability.service import Reliability, ReliabilitySettings
 from nodedb.topology.vivaldi import direction, distance
+from nodedb.voting.policy import HostView, VotingSettings
+from nodedb.voting.service import VotingService, VotingTiming
+from nodedb.voting.state import sequence_range
 from nodedb.wire.channel import PROTOCOL_VERSION
 from nodedb.wire.transport import tcp_transport
 
@@ -74,6 +77,7 @@ class NodeService(MultiService):
         rng=None,
         gossip_timing=None,
         cpu_rating=None,
+        voting_timing=None,
     ):
         super().__init__()
         self.config = config
@@ -83,6 +87,7 @@ class NodeService(MultiService):
         # Ids and gossip choices come from here; the simulator seeds it so runs replay.
         self.rng = rng or random.Random(os.urandom(16))
         self.gossip_timing = gossip_timing or GossipTiming()
+        self.voting_timing = voting_timing or VotingTiming()
         self._transport_factory = transport_factory or self._tcp_transport
         self.started = None
         self.identity = None
@@ -93,6 +98,7 @@ class NodeService(MultiService):
         self.transport = None
         self.reliability = None
         self.gossip = None
+        self.voting = None
         self.port = None
         self.cpu_rating = cpu_rating
         self._outcome = None
@@ -176,6 +182,7 @@ class NodeService(MultiService):
             self.gossip.join(self.config.seeds).addErrback(self._log_join_failure)
         self.gossip.setName("gossip")
         self.gossip.setServiceParent(self)
+        self._start_voting()
         self._start_admin()
         self._log.info(
             "node {host_id} (generation {generation}) of cluster {cluster_id} ready at {address} "
@@ -187,6 +194,84 @@ class NodeService(MultiService):
             count=len(self.identity["held"]),
         )
         return self
+
+    def _start_voting(self):
+        self.voting = VotingService(
+            self.reactor,
+            self.identity["host_id"],
+            self.transport,
+            self.storage,
+            address_of=self._address_of,
+            views=self._host_views,
+            rng=self.rng,
+            timing=self.voting_timing,
+            settings=VotingSettings(remove_after=self.config.remove_after),
+            on_change=self._cluster_changed,
+        )
+        self.voting.install(self.api)
+        self.voting.setName("voting")
+        self.voting.setServiceParent(self)
+        bootstrap = None
+        if self.identity["held"]:
+            # A bootstrapped host (or one from before voting existed) founds the group, and
+            # its first decision records the cluster as it is.
+            bootstrap = {
+                "op": "bootstrap",
+                "cluster": self.identity["cluster_id"],
+                "partitions": self.identity["partitions"],
+                "replicas": self.identity["replicas"],
+                "host": self.identity["host_id"],
+                "address": self.address(),
+                "at": self.reactor.seconds(),
+            }
+        self.voting.start(bootstrap)
+
+    def _address_of(self, host_id):
+        entry = self.gossip.state.ni.entries.get(host_id)
+        if entry is not None:
+            return entry.address
+        member = self.voting.state.members.get(host_id)
+        return member["address"] if member else None
+
+    def _host_views(self):
+        views = {}
+        for host_id, entry in self.gossip.state.ni.entries.items():
+            health = self.reliability.describe(host_id)
+            own = host_id == self.identity["host_id"]
+            views[host_id] = HostView(
+                host_id=host_id,
+                address=entry.address,
+                cluster_id=entry.cluster_id,
+                available=own or health["available"],
+                unavailable_since=None if own or health["available"] else health["since"],
+                free_bytes=entry.free_bytes,
+                cpu_rating=entry.cpu_rating,
+                coordinate=self.gossip.coordinate if own else entry.coordinate,
+            )
+        return views
+
+    def _cluster_changed(self, state):
+        """Committed decisions changed the partition map: allocate ids where this host is
+        primary, in the range of the partition's epoch, and tell the network."""
+        host_id = self.identity["host_id"]
+        primaries = state.primary_partitions(host_id)
+        held = sorted(primaries)
+        self.ids.set_partitions(
+            {p: self.storage.partition_state(p).max_sequence for p in held},
+            {p: sequence_range(epoch) for p, epoch in primaries.items()},
+        )
+        layout = self.storage.layout
+        ranges = tuple(
+            (layout.make(p, sequence_range(e)[0]), layout.make(p, sequence_range(e)[1])) for p, e in sorted(primaries.items())
+        )
+        if host_id not in state.members:
+            status = "proposal"
+        else:
+            status = "write" if held else "read"
+        self.gossip.update_local(status=status, partitions=tuple(state.replica_partitions(host_id)), ranges=ranges)
+        if held != self.identity["held"]:
+            self.identity["held"] = held
+            self.storage.set_meta({"held": held})
 
     def _log_join_failure(self, failure):
         self._log.failure("joining through the seeds failed", failure)
@@ -364,6 +449,7 @@ class NodeService(MultiService):
             "generation": entry.generation,
             "updated": entry.updated,
             "partitions": partition_ranges(entry.partitions),
+            "ranges": [list(r) for r in entry.ranges],
             "partition_count": len(entry.partitions),
             "free_bytes": entry.free_bytes,
             "cpu_rating": entry.cpu_rating,
@@ -406,6 +492,7 @@ class NodeService(MultiService):
                 "replicas": self.identity["replicas"],
             },
             "ni": {"size": gossip.ni.size, "checksum": f"{gossip.ni.checksum:016x}", "rounds": self.gossip.rounds},
+            "voting": self.voting.status() if self.voting is not None else None,
         }
 
 
@@ -425,7 +512,16 @@ def _port_address(port):
     return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
 
 
-def make_node(config, reactor, storage=None, transport_factory=None, rng=None, gossip_timing=None, cpu_rating=None):
+def make_node(
+    config,
+    reactor,
+    storage=None,
+    transport_factory=None,
+    rng=None,
+    gossip_timing=None,
+    cpu_rating=None,
+    voting_timing=None,
+):
     """Build (but do not start) the node that *config* describes.
 
     :param storage: an :class:`~nodedb.interfaces.IStorageBackend` to use instead of the one
@@ -442,4 +538,6 @@ def make_node(config, reactor, storage=None, transport_factory=None, rng=None, g
         from nodedb.plugins import find_storage_plugin
 
         storage = find_storage_plugin(config.storage).make_backend(config.data_dir, config, reactor)
-    return NodeService(config, reactor, storage, NodeMetrics(), transport_factory, rng, gossip_timing, cpu_rating)
+    return NodeService(
+        config, reactor, storage, NodeMetrics(), transport_factory, rng, gossip_timing, cpu_rating, voting_timing
+    )

@@ -47,6 +47,7 @@ class Options(usage.Options):
         ["peer-timeout", None, 2.0, "Seconds a call to another host may take before it counts as a timeout.", float],
         ["peer-retries", None, 1, "More tries of an idempotent call to another host after a timeout.", int],
         ["heartbeat-interval", None, 1.0, "Seconds between heartbeats to each connected host.", float],
+        ["remove-after", None, 600.0, "Seconds a host may stay unavailable before it loses its partitions.", float],
     ]
     optFlags = [
         ["insecure", None, "Allow plaintext on non-loopback addresses (no TLS)."],
@@ -81,6 +82,7 @@ class Options(usage.Options):
                 peer_timeout=self["peer-timeout"],
                 peer_retries=self["peer-retries"],
                 heartbeat_interval=self["heartbeat-interval"],
+                remove_after=self["remove-after"],
             )
             # An unknown backend is a command-line mistake: report it here, where twistd
             # prints it as one, rather than as a traceback from makeService.

@@ -50,7 +50,7 @@ class SimCluster:
 
     _log = Logger()
 
-    def __init__(self, seed, heartbeat_interval=1.0, timing=GossipTiming(), faults=None):
+    def __init__(self, seed, heartbeat_interval=1.0, timing=GossipTiming(), faults=None, remove_after=600.0):
         self.seed = seed
         self.network = SimNetwork(seed)
         if faults is not None:
@@ -59,6 +59,7 @@ class SimCluster:
         self.rng = random.Random(seed)
         self.heartbeat_interval = heartbeat_interval
         self.timing = timing
+        self.remove_after = remove_after
         self.hosts = []
 
     def __repr__(self):
@@ -101,6 +102,7 @@ class SimCluster:
             advertise=address,
             seeds=list(seeds),
             admin=None,
+            remove_after=self.remove_after,
         )
         host.node = make_node(
             config,
@@ -121,14 +123,27 @@ class SimCluster:
         node, host.node = host.node, None
         node.stopService()
 
-    def restart(self, host, address=None):
-        """Start *host* again from its store, optionally at a new *address*."""
+    def restart(self, host, address=None, seeds=None):
+        """Start *host* again from its store, optionally at a new *address*, joining through
+        *seeds* (by default, up to three live hosts)."""
         if address is not None:
             host.address = address
         self.network.restart(host.host)
-        self._boot(host, [h.address for h in self.hosts if h is not host and h.up][:3])
+        if seeds is None:
+            seeds = [h.address for h in self.hosts if h is not host and h.up][:3]
+        self._boot(host, seeds)
 
     # -- observing --------------------------------------------------------------------------
+
+    def leader(self):
+        """The live host that leads Voting (None while there is none)."""
+        leaders = [h for h in self.live() if h.node.voting is not None and h.node.voting.raft.state == "leader"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def agreed(self):
+        """Every live host has applied the same cluster state, with every host a member."""
+        states = [h.node.voting.state.to_snapshot() for h in self.live() if h.node.voting is not None]
+        return len(states) == len(self.live()) and all(s == states[0] for s in states)
 
     def live(self):
         return [h for h in self.hosts if h.up and h.node.gossip is not None]

@@ -536,21 +536,23 @@ class Raft:
         return self._propose(Entry(self.term, self.last_index() + 1, "normal", data))
 
     def propose_config(self, voters, learners=()):
-        """Change the membership; at most one voter may be added or removed per change.
+        """Change the membership: at most one voter added or removed per change (any number
+        of learners, which neither vote nor count for commitment).
 
         :raise ChangeInProgress: while an earlier change is uncommitted.
         :raise ValueError: for a change of more than one voter.
         """
-        if self.state == LEADER and self._pending_config:
+        if self.state == LEADER and self._pending_config > self.commit:
             raise ChangeInProgress("a membership change is still uncommitted")
         new = Config(frozenset(voters), frozenset(learners) - frozenset(voters))
         if len(new.voters ^ self.config.voters) > 1:
             raise ValueError("change one voter at a time")
         if not new.voters:
             raise ValueError("a cluster needs a voter")
-        index = self._propose(Entry(self.term, self.last_index() + 1, "config", new.to_data()))
-        self._pending_config = index
-        return index
+        if self.state != LEADER:
+            raise NotLeader(self.leader)
+        self._pending_config = self.last_index() + 1
+        return self._propose(Entry(self.term, self.last_index() + 1, "config", new.to_data()))
 
     def _propose(self, entry):
         if self.state != LEADER:

@@ -9,7 +9,7 @@ import pytest
 from nodedb.gossip.service import GossipTiming
 from nodedb.testing.cluster import SimCluster
 from nodedb.testing.simulation import Faults, seeds
-from nodedb.topology.vivaldi import displacement, distance
+from nodedb.topology.vivaldi import distance
 
 pytestmark = pytest.mark.usefixtures("seed_report")
 
@@ -37,10 +37,12 @@ def test_hosts_join_through_one_seed_and_converge(seed):
     for host in cluster.hosts:
         listed = {h["id"]: h["address"] for h in host.node.status()["hosts"]}
         assert listed == {host_id(h): h.address for h in cluster.hosts}, cluster
-    # Only the bootstrap host holds partitions; the others wait for acceptance ("proposal").
+    # The joiners are accepted by vote: they hold replicas ("read"); the bootstrap host still
+    # holds every primary ("write") until data moves, which is the replication issue's.
+    cluster.run_until(lambda: cluster.converged() and len(first.voting.state.members) == 30, timeout=60)
     statuses = {h["id"]: h["status"] for h in first.status()["hosts"]}
     assert statuses.pop(host_id(cluster.hosts[0])) == "write"
-    assert set(statuses.values()) == {"proposal"}
+    assert set(statuses.values()) == {"read"}
 
 
 @pytest.mark.parametrize("seed", seeds())
@@ -162,11 +164,12 @@ def test_coordinates_predict_injected_latencies(seed):
     errors = [abs(distance(coords[i], coords[j]) - rtt(i, j)) / rtt(i, j) for i in range(hosts) for j in range(i + 1, hosts)]
     within = sum(e <= 0.2 for e in errors) / len(errors)
     assert within >= 0.9, f"{within:.0%} of pairs within 20% ({cluster})"
-    # What each host announces in the NI is close to its own live coordinate.
+    # The coordinates announced in the NI, which every host uses for distances, predict as well.
     cluster.run(GossipTiming().coordinate_interval)
-    for host in cluster.hosts:
-        announced = host.node.gossip.local_entry().coordinate
-        assert displacement(announced, host.node.gossip.coordinate) <= GossipTiming().coordinate_slack
+    ni = cluster.hosts[0].node.gossip.state.ni.entries
+    announced = [ni[host_id(h)].coordinate for h in cluster.hosts]
+    errors = [abs(distance(announced[i], announced[j]) - rtt(i, j)) / rtt(i, j) for i in range(hosts) for j in range(i + 1, hosts)]
+    assert sum(e <= 0.2 for e in errors) / len(errors) >= 0.8, cluster
 
 
 def test_the_same_seed_replays_the_same_run():

@@ -1,0 +1,206 @@
+"""What the Voting leader proposes: pure functions of the cluster state and its view of hosts.
+
+The leader looks at its NI (who exists, where, with how much room) and its reliability view
+(who answers), and proposes at most a few decisions per round: accept joining hosts (or
+refuse them, with a reason to log), follow a host to a new address, remove a host that stayed
+away too long, fill every partition's replica set, and change the voter set one server at a
+time. Followers never run this; they apply what commits.
+"""
+
+import math
+from dataclasses import dataclass
+
+from nodedb.topology.vivaldi import Coordinate, distance
+from nodedb.voting.state import MAX_EPOCH, Assignment
+
+
+@dataclass(frozen=True)
+class VotingSettings:
+    """Thresholds of the voting leader; documented in docs/voting.md."""
+
+    #: A member unavailable this long loses its place and its partitions (``--remove-after``).
+    remove_after: float = 600.0
+    #: A voter unavailable this long is replaced by a healthy member.
+    replace_voter_after: float = 10.0
+    max_voters: int = 5
+    #: A host with less free space than this gets no new partitions.
+    min_free_bytes: int = 256 * 1024 * 1024
+    #: Most partitions given new replicas in one round (so a join does not flood the log).
+    assignments_per_round: int = 64
+
+
+@dataclass(frozen=True)
+class HostView:
+    """What the leader knows of one host (from its NI entry and its reliability)."""
+
+    host_id: str
+    address: str
+    cluster_id: str = ""
+    available: bool = True
+    unavailable_since: float | None = None
+    free_bytes: int = 0
+    cpu_rating: float = 1.0
+    coordinate: Coordinate = Coordinate()
+
+
+def membership_decisions(state, views, now, settings):
+    """:return: ``(decisions, refusals)``: accept, follow-to-new-address and remove decisions,
+    and ``(host_id, reason)`` for hosts that cannot be accepted."""
+    decisions, refusals = [], []
+    live_addresses = {
+        m["address"]: h for h, m in state.members.items() if views.get(h) is not None and views[h].available
+    }
+    for host_id, view in sorted(views.items()):
+        member = state.members.get(host_id)
+        if member is None:
+            if view.cluster_id and view.cluster_id != state.cluster_id:
+                refusals.append((host_id, f"it names cluster {view.cluster_id}, this is {state.cluster_id}"))
+                continue
+            owner = live_addresses.get(view.address)
+            if owner is not None and owner != host_id:
+                refusals.append((host_id, f"its address {view.address} belongs to live host {owner}"))
+                continue
+            if view.available:
+                decisions.append({"op": "accept", "host": host_id, "address": view.address, "at": now})
+        elif member["address"] != view.address and view.available:
+            owner = live_addresses.get(view.address)
+            if owner is None or owner == host_id:
+                decisions.append({"op": "accept", "host": host_id, "address": view.address, "at": now})
+    for host_id in sorted(state.members):
+        view = views.get(host_id)
+        if view is None or view.available or view.unavailable_since is None:
+            continue
+        if now - view.unavailable_since >= settings.remove_after and len(state.members) > 1:
+            decisions.append({"op": "remove", "host": host_id, "at": now})
+    return decisions, refusals
+
+
+def _score(host_id, view, load, others):
+    """Higher is better: room, speed, few partitions already, far from the other replicas."""
+    room = math.log2(2 + view.free_bytes / (1024 * 1024 * 1024))
+    spread = min((distance(view.coordinate, o) for o in others), default=0.0)
+    return room * max(view.cpu_rating, 0.1) / (1 + load.get(host_id, 0)) * (1 + 100 * spread)
+
+
+def assignment_decision(state, views, settings):
+    """Fill replica sets up to ``min(replicas, members)`` and give orphaned partitions a
+    primary. :return: an ``assign`` decision, or None when nothing needs doing."""
+    candidates = {
+        h: v
+        for h, v in views.items()
+        if h in state.members and v.available and v.free_bytes >= settings.min_free_bytes
+    }
+    if not candidates:
+        return None
+    target = min(state.replicas, len(state.members))
+    load = state.load()
+    changes = {}
+    for partition in sorted(state.assignments):
+        assignment = state.assignments[partition]
+        replicas = list(assignment.replicas)
+        if len(replicas) >= target:
+            continue
+        while len(replicas) < target:
+            others = [views[h].coordinate for h in replicas if h in views]
+            choices = [h for h in candidates if h not in replicas]
+            if not choices:
+                break
+            best = max(sorted(choices), key=lambda h: _score(h, candidates[h], load, others))
+            replicas.append(best)
+            load[best] = load.get(best, 0) + 1
+        epoch = assignment.epoch
+        if assignment.primary is None and replicas:
+            epoch = min(epoch + 1, MAX_EPOCH)  # a new primary: a new id range
+        new = Assignment(tuple(replicas), epoch)
+        if new != assignment:
+            changes[str(partition)] = new.to_data()
+        if len(changes) >= settings.assignments_per_round:
+            break
+    if not changes:
+        changes = _rebalance(state, candidates, settings)
+    return {"op": "assign", "map": changes} if changes else None
+
+
+def _rebalance(state, candidates, settings):
+    """Move follower replicas from the host with the most to the hosts with the fewest (a new
+    host gets its share); primaries stay where the data is until replication moves it."""
+    assignments = dict(state.assignments)
+    load = {h: 0 for h in candidates}
+    for assignment in assignments.values():
+        for host in assignment.replicas[1:]:
+            if host in load:
+                load[host] += 1
+    changes = {}
+    while len(changes) < settings.assignments_per_round and len(load) > 1:
+        busiest = max(sorted(load), key=lambda h: load[h])
+        movable = []
+        for idlest in sorted(load, key=lambda h: (load[h], h)):
+            if load[busiest] - load[idlest] <= 1:
+                break
+            movable = [
+                p
+                for p in sorted(assignments)
+                if busiest in assignments[p].replicas[1:] and idlest not in assignments[p].replicas and str(p) not in changes
+            ]
+            if movable:
+                break
+        if not movable:
+            break
+        partition = movable[0]
+        current = assignments[partition]
+        replicas = tuple(idlest if h == busiest else h for h in current.replicas)
+        assignments[partition] = Assignment(replicas, current.epoch)
+        changes[str(partition)] = assignments[partition].to_data()
+        load[busiest] -= 1
+        load[idlest] += 1
+    return changes
+
+
+def _voter_count(healthy, maximum):
+    """The largest odd number of voters the healthy members allow (at least one)."""
+    count = min(maximum, max(1, healthy))
+    return count if count % 2 else count - 1
+
+
+def next_config(voters, learners, state, views, now, settings, leader_id):
+    """The next single membership change of the Raft group, or None.
+
+    :return: ``(voters, learners)`` to propose.
+    """
+    voters, learners = set(voters), set(learners)
+    members = set(state.members)
+
+    def healthy(host):
+        view = views.get(host)
+        return host == leader_id or (view is not None and view.available)
+
+    def long_gone(host):
+        view = views.get(host)
+        if host == leader_id or view is None or view.available or view.unavailable_since is None:
+            return False
+        return now - view.unavailable_since >= settings.replace_voter_after
+
+    # Hosts no longer members leave the group: learners all at once (they do not vote),
+    # voters one at a time.
+    if learners - members:
+        return voters, learners & members
+    for host in sorted(voters - members):
+        if len(voters) > 1:
+            return voters - {host}, learners
+    # Every member follows the decisions, as a learner until it is made a voter.
+    if members - voters - learners:
+        return voters, learners | (members - voters)
+    # A voter that is gone is replaced: first it steps down to learner, then another steps up.
+    for host in sorted(voters):
+        if long_gone(host) and len(voters) > 1:
+            return voters - {host}, learners | {host}
+    want = _voter_count(sum(1 for h in members if healthy(h)), settings.max_voters)
+    if len(voters) < want:
+        ready = sorted(h for h in learners if healthy(h))
+        if ready:
+            return voters | {ready[0]}, learners - {ready[0]}
+    elif len(voters) > want:
+        spare = sorted(voters - {leader_id}, key=lambda h: (healthy(h), h))
+        if spare:
+            return voters - {spare[0]}, learners | {spare[0]}
+    return None

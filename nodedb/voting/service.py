@@ -1,0 +1,258 @@
+"""The Voting service: runs Raft among a few voter hosts; every other member follows as a
+learner, so every host holds the same :class:`~nodedb.voting.state.ClusterState`.
+
+I/O around the pure pieces: Raft ticks on a ``LoopingCall``; what a ``Ready`` asks is saved
+durably (``set_meta``) before its messages are sent; committed decisions are applied to the
+cluster state, and the node is told. The leader runs :mod:`nodedb.voting.policy` every round
+and proposes what it suggests.
+"""
+
+import random
+from dataclasses import dataclass
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nodedb import errors
+from nodedb.interfaces import IVoting
+from nodedb.voting import policy
+from nodedb.voting.messages import MessageError, message_from_wire, message_to_wire
+from nodedb.voting.persistence import RaftDisk
+from nodedb.voting.raft import LEADER, ChangeInProgress, Config, NotLeader, Raft, Snapshot
+from nodedb.voting.state import ClusterState
+
+
+@dataclass(frozen=True)
+class VotingTiming:
+    """Raft's clock; documented in docs/voting.md."""
+
+    #: Seconds per Raft tick.
+    tick: float = 0.1
+    #: Election timeout, in ticks (randomised between this and twice this).
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    #: How often the leader looks at the cluster and proposes changes, in seconds.
+    policy_interval: float = 1.0
+    #: Entries applied between two snapshots (after which the log is compacted).
+    compact_every: int = 1000
+
+
+@implementer(IVoting)
+class VotingService(Service):
+    """
+    :param host_id: this host's id (its Raft member id).
+    :param transport: the :class:`~nodedb.interfaces.IPeerTransport`.
+    :param storage: the node's storage backend (Raft's state lives in its meta store).
+    :param address_of: ``address_of(host_id)`` -> ``"host:port"`` or None (from the NI).
+    :param views: ``views()`` -> ``{host_id: policy.HostView}``, the leader's picture.
+    :param on_change: ``on_change(state)`` after committed decisions changed the state.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock,
+        host_id,
+        transport,
+        storage,
+        address_of,
+        views,
+        rng=None,
+        timing=VotingTiming(),
+        settings=policy.VotingSettings(),
+        on_change=None,
+    ):
+        self.clock = clock
+        self.host_id = host_id
+        self.transport = transport
+        self.disk = RaftDisk(storage)
+        self.address_of = address_of
+        self.views = views
+        self.rng = rng or random.Random()
+        self.timing = timing
+        self.settings = settings
+        self.on_change = on_change
+        self.state = ClusterState()
+        self.raft = None
+        self._saving = None  # the Deferred of the Ready being saved
+        self._again = False
+        self._waiting = {}  # log index -> Deferred of a proposal
+        self._refused = set()
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = clock
+        self._policy = LoopingCall(self._run_policy)
+        self._policy.clock = clock
+
+    def install(self, api):
+        api.register("raft.message", self._serve_message)
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def start(self, bootstrap=None):
+        """Load Raft's state (or start a new group); :param bootstrap: the first decision of a
+        new cluster (then this host is its only voter)."""
+        if self.disk.exists():
+            hard, log, snapshot = self.disk.load()
+            self.raft = self._raft(hard_state=hard, log=log, snapshot=snapshot)
+            if snapshot is not None:
+                self.state = ClusterState.from_snapshot(snapshot.data)
+        elif bootstrap is not None:
+            config = Config(frozenset({self.host_id}))
+            self.raft = self._raft(snapshot=Snapshot(0, 0, config))
+            self._bootstrap = bootstrap
+        else:
+            self.raft = self._raft()  # a joiner: it waits to be added by the leader
+        self._ticker.start(self.timing.tick, now=False)
+        self._policy.start(self.timing.policy_interval, now=False)
+        self._process()
+
+    _bootstrap = None
+
+    def _raft(self, **persisted):
+        return Raft(
+            self.host_id,
+            random.Random(self.rng.random()),
+            election_ticks=self.timing.election_ticks,
+            heartbeat_ticks=self.timing.heartbeat_ticks,
+            **persisted,
+        )
+
+    def stopService(self):
+        super().stopService()
+        for loop in (self._ticker, self._policy):
+            if loop.running:
+                loop.stop()
+        waiting, self._waiting = self._waiting, {}
+        for d in waiting.values():
+            d.errback(errors.Unavailable("voting stopped"))
+
+    # -- the Raft cycle ---------------------------------------------------------------------
+
+    def _tick(self):
+        self.raft.tick()
+        if self._bootstrap is not None and self.raft.state == LEADER:
+            decision, self._bootstrap = self._bootstrap, None
+            self.raft.propose(decision)
+        self._process()
+
+    def _process(self):
+        """Save, then send and apply, what Raft has for us; one Ready at a time, in order."""
+        if self._saving is not None:
+            self._again = True
+            return
+        ready = self.raft.ready()
+        if ready.empty():
+            return
+        d = self._saving = self.disk.save(ready)
+        d.addCallback(lambda _: self._after_save(ready))
+        d.addErrback(self._save_failed)
+
+    def _after_save(self, ready):
+        self._saving = None
+        for message in ready.messages:
+            self._send(message)
+        changed = False
+        for entry in ready.committed:
+            if entry.kind == "normal" and entry.data is not None:
+                changed |= self.state.apply(entry.data)
+            waiter = self._waiting.pop(entry.index, None)
+            if waiter is not None:
+                waiter.callback(entry.index)
+        self.raft.advance(ready)
+        if ready.committed and self.raft.applied - self.raft.snapshot.index >= self.timing.compact_every:
+            self.raft.compact(self.raft.applied, self.state.to_snapshot())
+        if ready.snapshot is not None and ready.snapshot.data is not None and not ready.committed:
+            if ready.snapshot.index >= self.raft.applied:
+                self.state = ClusterState.from_snapshot(ready.snapshot.data)
+                changed = True
+        if changed and self.on_change is not None:
+            self.on_change(self.state)
+        self._again = False
+        self._process()
+
+    def _save_failed(self, failure):
+        self._saving = None
+        self._log.failure("could not save Raft state; not sending what depends on it", failure)
+
+    def _send(self, message):
+        address = self.address_of(message.target)
+        if address is None:
+            return
+        d = self.transport.call(address, "raft.message", message_to_wire(message), self.timing.tick * 10)
+        d.addErrback(lambda failure: None)  # Raft retries by itself; a lost message is fine
+
+    def _serve_message(self, request):
+        try:
+            message = message_from_wire(request)
+        except MessageError as e:
+            raise errors.InvalidRequest(f"raft.message: {e}") from None
+        if message.target != self.host_id:
+            raise errors.InvalidRequest("raft.message: not for this host")
+        self.raft.step(message)
+        self._process()
+        return None
+
+    # -- proposals --------------------------------------------------------------------------
+
+    def propose(self, decision):
+        """:return: a Deferred that fires with the decision's log index once applied here."""
+        try:
+            index = self.raft.propose(decision)
+        except NotLeader as e:
+            return defer.fail(errors.Unavailable(f"not the voting leader (the leader is {e.leader})"))
+        d = self._waiting[index] = defer.Deferred()
+        self._process()
+        return d
+
+    def _run_policy(self):
+        if self.raft.state != LEADER or self.state.cluster_id is None or self.raft.commit < self.raft.last_index():
+            return
+        now = self.clock.seconds()
+        views = self.views()
+        decisions, refusals = policy.membership_decisions(self.state, views, now, self.settings)
+        for host_id, reason in refusals:
+            if host_id not in self._refused:
+                self._refused.add(host_id)
+                self._log.warn("refusing host {host_id}: {reason}", host_id=host_id, reason=reason)
+        for decision in decisions:
+            self._log.info("proposing {op} of {host}", op=decision["op"], host=decision["host"])
+            self.raft.propose(decision)
+        if not decisions:
+            assign = policy.assignment_decision(self.state, views, self.settings)
+            if assign is not None:
+                self.raft.propose(assign)
+        change = policy.next_config(
+            self.raft.config.voters, self.raft.config.learners, self.state, views, now, self.settings, self.host_id
+        )
+        if change is not None:
+            voters, learners = change
+            try:
+                self.raft.propose_config(voters, learners)
+                self._log.info("changing voters to {voters}", voters=", ".join(sorted(voters)))
+            except (ChangeInProgress, ValueError):
+                pass
+        self._process()
+
+    # -- IVoting ----------------------------------------------------------------------------
+
+    def leader(self):
+        return self.raft.leader if self.raft is not None else None
+
+    def partition_map(self):
+        return self.state.assignments
+
+    def status(self):
+        raft = self.raft.status()
+        return {
+            "leader": raft["leader"],
+            "term": raft["term"],
+            "role": raft["state"],
+            "voters": raft["voters"],
+            "learners": raft["learners"],
+            "commit": raft["commit"],
+            "members": sorted(self.state.members),
+        }

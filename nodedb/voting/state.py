@@ -1,0 +1,165 @@
+"""The cluster state that Voting agrees on: members, and who holds which partition.
+
+Every host applies the same committed decisions in the same order, so every host has the
+same :class:`ClusterState`. A decision that does not fit the state when it is applied (an
+unknown host, a stale epoch) changes nothing, identically everywhere.
+
+*Identifier ranges.* A partition's primary allocates ids in it. Each ``(partition, epoch)``
+owns its own slice of the partition's sequence space, ``[epoch * 2^36 + 1, (epoch + 1) *
+2^36)``, and a new primary always takes a new epoch. So ids stay unique across primaries even
+when the new primary has not seen a single id its predecessor handed out.
+"""
+
+from dataclasses import dataclass
+
+#: Sequence numbers per (partition, epoch): 68.7 billion ids before a partition needs a new
+#: epoch, and 4,096 epochs in the 48-bit sequence space.
+EPOCH_BITS = 36
+MAX_EPOCH = (1 << (48 - EPOCH_BITS)) - 1
+
+
+def sequence_range(epoch):
+    """The sequence numbers ``(first, last)`` that the primary of *epoch* may hand out."""
+    first = (epoch << EPOCH_BITS) + 1 if epoch else 1
+    return first, ((epoch + 1) << EPOCH_BITS) - 1
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A partition's replica set (primary first) and epoch."""
+
+    replicas: tuple = ()
+    epoch: int = 0
+
+    @property
+    def primary(self):
+        return self.replicas[0] if self.replicas else None
+
+    def to_data(self):
+        return [list(self.replicas), self.epoch]
+
+    @classmethod
+    def from_data(cls, data):
+        replicas, epoch = data
+        return cls(tuple(replicas), epoch)
+
+
+class ClusterState:
+    """Members and the partition map, changed only by :meth:`apply`."""
+
+    def __init__(self):
+        self.cluster_id = None
+        self.partitions = 0
+        self.replicas = 0
+        self.members = {}  # host id -> {"address": ..., "accepted": ...}
+        self.removed = {}  # host id -> when it was removed
+        self.assignments = {}  # partition -> Assignment
+        self.decisions = 0
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def primary_partitions(self, host_id):
+        """``{partition: epoch}`` of the partitions *host_id* is primary for."""
+        return {p: a.epoch for p, a in self.assignments.items() if a.primary == host_id}
+
+    def replica_partitions(self, host_id):
+        return sorted(p for p, a in self.assignments.items() if host_id in a.replicas)
+
+    def load(self):
+        """``{host id: number of partitions it holds}`` (every member listed)."""
+        counts = {host: 0 for host in self.members}
+        for assignment in self.assignments.values():
+            for host in assignment.replicas:
+                counts[host] = counts.get(host, 0) + 1
+        return counts
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def apply(self, decision):
+        """Apply one committed decision. :return: True if it changed the state."""
+        self.decisions += 1
+        if type(decision) is not dict:
+            return False
+        handler = getattr(self, "_apply_" + str(decision.get("op")), None)
+        if handler is None:
+            return False
+        try:
+            return handler(decision)
+        except (KeyError, TypeError, ValueError):
+            return False  # malformed: ignored the same way on every host
+
+    def _apply_bootstrap(self, d):
+        if self.cluster_id is not None:
+            return False
+        self.cluster_id = str(d["cluster"])
+        self.partitions = int(d["partitions"])
+        self.replicas = int(d["replicas"])
+        host = str(d["host"])
+        self.members[host] = {"address": str(d["address"]), "accepted": float(d["at"])}
+        self.assignments = {p: Assignment((host,), 0) for p in range(self.partitions)}
+        return True
+
+    def _apply_accept(self, d):
+        host, address = str(d["host"]), str(d["address"])
+        known = self.members.get(host)
+        if known is not None and known["address"] == address:
+            return False
+        self.members[host] = {"address": address, "accepted": known["accepted"] if known else float(d["at"])}
+        self.removed.pop(host, None)
+        return True
+
+    def _apply_remove(self, d):
+        host = str(d["host"])
+        if host not in self.members:
+            return False
+        del self.members[host]
+        self.removed[host] = float(d["at"])
+        for partition, assignment in list(self.assignments.items()):
+            if host in assignment.replicas:
+                replicas = tuple(h for h in assignment.replicas if h != host)
+                epoch = assignment.epoch + 1 if assignment.primary == host else assignment.epoch
+                self.assignments[partition] = Assignment(replicas, min(epoch, MAX_EPOCH))
+        return True
+
+    def _apply_assign(self, d):
+        changed = False
+        for key, data in d["map"].items():
+            partition = int(key)
+            current = self.assignments.get(partition)
+            new = Assignment.from_data(data)
+            if current is None or new.epoch < current.epoch or new.epoch > MAX_EPOCH:
+                continue
+            if any(host not in self.members for host in new.replicas) or len(set(new.replicas)) != len(new.replicas):
+                continue
+            if new.primary != current.primary and new.epoch == current.epoch and current.primary is not None:
+                continue  # a new primary always takes a new epoch (and so a new id range)
+            if new != current:
+                self.assignments[partition] = new
+                changed = True
+        return changed
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def to_snapshot(self):
+        return {
+            "cluster": self.cluster_id,
+            "partitions": self.partitions,
+            "replicas": self.replicas,
+            "members": self.members,
+            "removed": self.removed,
+            "map": {str(p): a.to_data() for p, a in self.assignments.items()},
+            "decisions": self.decisions,
+        }
+
+    @classmethod
+    def from_snapshot(cls, data):
+        state = cls()
+        if data:
+            state.cluster_id = data["cluster"]
+            state.partitions = data["partitions"]
+            state.replicas = data["replicas"]
+            state.members = {h: dict(m) for h, m in data["members"].items()}
+            state.removed = dict(data["removed"])
+            state.assignments = {int(p): Assignment.from_data(a) for p, a in data["map"].items()}
+            state.decisions = data["decisions"]
+        return state

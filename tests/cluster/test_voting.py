@@ -1,0 +1,127 @@
+"""Voting in the simulator: voters grow and are replaced, hosts are accepted, refused, removed
+and re-accepted, and every host applies the same decisions in the same order."""
+
+import pytest
+
+from nodedb.testing.cluster import SimCluster
+from nodedb.testing.simulation import seeds
+from nodedb.voting.state import sequence_range
+
+pytestmark = pytest.mark.usefixtures("seed_report")
+
+
+def host_id(host):
+    return host.node.identity["host_id"]
+
+
+def voting(host):
+    return host.node.voting
+
+
+def members(cluster):
+    return set(voting(cluster.hosts[0]).state.members) if cluster.hosts[0].up else set(voting(cluster.live()[0]).state.members)
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_voters_grow_to_three_then_five_as_hosts_are_accepted(seed):
+    cluster = SimCluster(seed)
+    first = cluster.add_host()
+    cluster.run_until(lambda: voting(first).state.cluster_id is not None, timeout=10)
+    assert voting(first).raft.config.voters == {host_id(first)}
+    cluster.start_hosts(2)
+    cluster.run_until(lambda: len(voting(first).raft.config.voters) == 3 and cluster.agreed(), timeout=30)
+    cluster.start_hosts(3)
+    cluster.run_until(lambda: len(voting(first).raft.config.voters) == 5 and cluster.agreed(), timeout=30)
+    raft = voting(first).raft
+    assert raft.config.voters | raft.config.learners == {host_id(h) for h in cluster.hosts}
+    assert members(cluster) == {host_id(h) for h in cluster.hosts}
+    # Every partition has a replica set of three (the replication factor), and the newcomers
+    # get their share: follower replicas move until no host holds two more than another.
+    def balanced():
+        followers = {host_id(h): 0 for h in cluster.hosts[1:]}
+        for assignment in voting(first).state.assignments.values():
+            for host in assignment.replicas[1:]:
+                followers[host] += 1
+        return max(followers.values()) - min(followers.values()) <= 1 and cluster.agreed()
+
+    cluster.run_until(balanced, timeout=30)
+    state = voting(first).state
+    assert all(len(a.replicas) == 3 for a in state.assignments.values())
+    assert all(a.primary == host_id(first) for a in state.assignments.values())  # data stays put
+    statuses = {h.name: h.node.gossip.local_entry().status for h in cluster.hosts}
+    assert statuses.pop(first.name) == "write" and set(statuses.values()) == {"read"}
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_a_killed_leader_is_replaced_and_decisions_go_on(seed):
+    cluster = SimCluster(seed)
+    cluster.start_hosts(5)
+    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 5, timeout=40)
+    old = cluster.leader()
+    term = voting(old).raft.term
+    cluster.crash(old)
+    took = cluster.run_until(lambda: cluster.leader() is not None, timeout=20)
+    assert took < 10, f"{took:.1f}s to elect a leader ({cluster})"
+    assert voting(cluster.leader()).raft.term > term
+    newcomer = cluster.add_host(seeds=[cluster.leader().address])
+    cluster.run_until(lambda: host_id(newcomer) in voting(cluster.leader()).state.members and cluster.agreed(), timeout=30)
+    cluster.restart(old)
+    cluster.run_until(cluster.agreed, timeout=30)
+    assert host_id(newcomer) in voting(old).state.members  # the old leader caught up
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_a_host_gone_past_the_threshold_loses_its_ranges(seed):
+    cluster = SimCluster(seed, remove_after=20.0)
+    cluster.start_hosts(4)
+    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 3, timeout=40)
+    # The bootstrap host is the primary of every partition: the hardest host to lose.
+    gone = cluster.hosts[0]
+    gone_id = host_id(gone)
+    epochs = {p: a.epoch for p, a in voting(gone).state.assignments.items()}
+    cluster.crash(gone)
+    survivor = cluster.hosts[1]
+    cluster.run_until(lambda: gone_id not in voting(survivor).state.members and cluster.agreed(), timeout=60)
+    state = voting(survivor).state
+    assert all(gone_id not in a.replicas for a in state.assignments.values())
+    assert all(a.primary is not None and a.epoch == epochs[p] + 1 for p, a in state.assignments.items())
+    # The new primaries allocate ids in their epoch's fresh range, not where the old one did.
+    for host in cluster.live():
+        for partition in host.node.ids.partitions():
+            element = host.node.ids.allocate(partition)
+            first, last = sequence_range(state.assignments[partition].epoch)
+            assert first <= host.node.storage.layout.sequence_of(element) <= last
+    cluster.run_until(lambda: all(len(a.replicas) == 3 for a in voting(survivor).state.assignments.values()), timeout=30)
+    assert all(len(set(a.replicas)) == 3 for a in voting(survivor).state.assignments.values())
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_a_removed_host_that_comes_back_at_a_new_address_is_accepted_again(seed):
+    cluster = SimCluster(seed, remove_after=15.0)
+    cluster.start_hosts(4)
+    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 3, timeout=40)
+    wanderer = cluster.hosts[3]
+    wanderer_id = host_id(wanderer)
+    cluster.crash(wanderer)
+    cluster.run_until(lambda: wanderer_id not in members(cluster), timeout=60)
+    cluster.restart(wanderer, address="127.200.0.1:7400")
+    cluster.run_until(
+        lambda: voting(cluster.hosts[0]).state.members.get(wanderer_id, {}).get("address") == "127.200.0.1:7400"
+        and cluster.agreed(),
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("seed", seeds(1))
+def test_a_host_of_another_cluster_is_refused(seed):
+    cluster = SimCluster(seed)
+    cluster.start_hosts(3)
+    cluster.run_until(cluster.agreed, timeout=30)
+    stranger = cluster.add_host(seeds=[])  # bootstraps a cluster of its own
+    cluster.run(3)
+    cluster.crash(stranger)
+    cluster.restart(stranger, seeds=[cluster.hosts[0].address])  # then knocks on this one
+    cluster.run(10)
+    assert host_id(stranger) not in members(cluster)
+    assert host_id(stranger) not in voting(cluster.hosts[0]).raft.config.members
+    assert all(host_id(stranger) not in h.node.gossip.state.ni.entries for h in cluster.hosts[:3])
