@@ -7,6 +7,7 @@ one line on stderr and a non-zero exit status: 2 for a malformed command line, 1
 import argparse
 import base64
 import json
+import math
 import os
 import re
 import sys
@@ -36,10 +37,26 @@ def _dumps(value):
     return json.dumps(value, default=_json_default, ensure_ascii=False, sort_keys=False)
 
 
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _strict_json(text):
+    """JSON as the standard has it: no NaN or Infinity, no number that overflows to them."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def _json_argument(text, what):
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
+        return _strict_json(text)
+    except (json.JSONDecodeError, ValueError) as e:
         raise UsageError(f"{what} is not valid JSON: {e}") from None
 
 
@@ -73,8 +90,8 @@ _positive = _integer("a positive integer", 1)
 def _filter_value(text):
     """VALUE as JSON when it parses (``30`` is a number, ``"30"`` text), else as text."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return _strict_json(text)
+    except (json.JSONDecodeError, ValueError):
         return text
 
 
@@ -106,40 +123,54 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser():
-    parser = _Parser(prog="nodedb", description="Talk to a nodedb cluster.")
+def _add_common_options(parser, default=None):
+    """The options every command takes, before or after the command's name."""
+    keep = {} if default is None else {"default": default}
     parser.add_argument(
         "--connect",
         action="append",
         metavar="HOST:PORT",
         help="a node to connect to (repeatable; default $NODEDB_CONNECT or 127.0.0.1:7400)",
+        **keep,
     )
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds a request may take (default 10)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+    parser.add_argument("--json", action="store_true", help="print results as JSON", **keep)
+    parser.add_argument(
+        "--timeout", type=float, help="seconds a request may take (default 10)", **(keep or {"default": 10.0})
+    )
 
-    insert = commands.add_parser("insert", help="insert a document; prints its new id")
+
+def build_parser():
+    parser = _Parser(prog="nodedb", description="Talk to a nodedb cluster.")
+    _add_common_options(parser)
+    common = _Parser(add_help=False)
+    _add_common_options(common, default=argparse.SUPPRESS)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+
+    def command(name, **kwargs):
+        return subparsers.add_parser(name, parents=[common], **kwargs)
+
+    insert = command("insert", help="insert a document; prints its new id")
     insert.add_argument("type")
     insert.add_argument("document", metavar="JSON")
     insert.add_argument("--near", type=_element_id, metavar="ID", help="store it in the partition of element ID")
 
-    get = commands.add_parser("get", help="print a document as JSON")
+    get = command("get", help="print a document as JSON")
     get.add_argument("type")
     get.add_argument("id", type=_element_id)
 
-    update = commands.add_parser("update", help="replace a document; prints its new version")
+    update = command("update", help="replace a document; prints its new version")
     update.add_argument("type")
     update.add_argument("id", type=_element_id)
     update.add_argument("document", metavar="JSON")
     update.add_argument("--if-version", type=_version, metavar="V", help="only if the element is at version V")
 
-    delete = commands.add_parser("delete", help="delete an element; prints the version of the delete")
+    delete = command("delete", help="delete an element; prints the version of the delete")
     delete.add_argument("type")
     delete.add_argument("id", type=_element_id)
     delete.add_argument("--if-version", type=_version, metavar="V", help="only if the element is at version V")
 
-    scan = commands.add_parser("scan", help="print matching documents, one JSON object a line, in id order")
+    scan = command("scan", help="print matching documents, one JSON object a line, in id order")
     scan.add_argument("type")
     scan.add_argument(
         "--where",
@@ -151,9 +182,9 @@ def build_parser():
     scan.add_argument("--limit", type=_positive, metavar="N", help="print at most N documents")
     scan.add_argument("--cursor", metavar="CURSOR", help="resume after a previous scan's cursor")
 
-    commands.add_parser("status", help="print the hosts of the cluster")
+    command("status", help="print the hosts of the cluster")
 
-    transaction = commands.add_parser(
+    transaction = command(
         "transaction", help="apply the operations of a JSON file (or - for stdin) all or none"
     )
     transaction.add_argument("file", metavar="FILE")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 
 from nodedb import errors
+from nodedb.wire import codec
 from nodedb.wire.channel import DEFAULT_MAX_FRAME, hello_request
 from nodedb.wire.connection import PersistentConnection, tcp_endpoints
 
@@ -59,7 +60,14 @@ class Client:
         """What the connected node said about itself in the handshake."""
         return self._connection.server
 
-    def _call(self, op, arguments, idempotent=False):
+    def _call(self, op, arguments, idempotent=False, document=None):
+        if document is not None:
+            # A value the node would refuse to decode (a big integer, a date, a set) would
+            # make it close the connection, failing every other request in flight on it.
+            try:
+                codec.check_document(document)
+            except errors.InvalidRequest as e:
+                return defer.fail(e)
         d = self._connection.call(op, arguments, self.timeout)
         if idempotent:
             d.addErrback(self._retry_read, op, arguments, self._connection.clock.seconds() + self.timeout)
@@ -75,7 +83,7 @@ class Client:
 
     def insert(self, record_type, doc, near=None):
         """:return: a Deferred that fires with the new element's id."""
-        return self._call("insert", _without_none(type=record_type, doc=doc, near=near))
+        return self._call("insert", _without_none(type=record_type, doc=doc, near=near), document=doc)
 
     def get(self, record_type, element_id):
         """:return: a Deferred that fires with ``(doc, version)``, or fails with NotFound."""
@@ -84,7 +92,9 @@ class Client:
 
     def update(self, record_type, element_id, doc, if_version=None):
         """Replace the document; :return: a Deferred that fires with the new version."""
-        return self._call("update", _without_none(type=record_type, key=element_id, doc=doc, if_version=if_version))
+        return self._call(
+            "update", _without_none(type=record_type, key=element_id, doc=doc, if_version=if_version), document=doc
+        )
 
     def delete(self, record_type, element_id, if_version=None):
         """:return: a Deferred that fires with the version (commit id) of the delete."""
@@ -138,6 +148,12 @@ class Transaction:
         if not self._operations:
             return defer.succeed([])
         self._committed = True
+        for index, operation in enumerate(self._operations):
+            if "doc" in operation:
+                try:
+                    codec.check_document(operation["doc"])
+                except errors.InvalidRequest as e:
+                    return defer.fail(errors.InvalidRequest(f"operation {index}: {e.message}"))
         return self._client._call("transaction", {"ops": self._operations})
 
 

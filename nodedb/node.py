@@ -103,6 +103,7 @@ class NodeService(MultiService):
         self.cpu_rating = cpu_rating
         self._outcome = None
         self._waiting = []
+        self._unsaved_identity = False
 
     def when_ready(self):
         """:return: a Deferred that fires with this node once it serves requests, or fails
@@ -165,6 +166,7 @@ class NodeService(MultiService):
         self.transport.serve(self.api.dispatch)
         self.transport.setServiceParent(self)
         self.port = await self.transport.listen()
+        await self._save_new_identity()
         self.gossip = GossipService(
             self.reactor,
             self.transport,
@@ -323,14 +325,21 @@ class NodeService(MultiService):
             "created": self.reactor.seconds(),
             "held": list(range(self.config.partitions)),
         }
-        await self.storage.set_meta(identity)
+        # Written only once the node listens (see _start): a start that fails creates nothing.
+        self._unsaved_identity = True
+        return identity
+
+    async def _save_new_identity(self):
+        if not self._unsaved_identity:
+            return
+        await self.storage.set_meta(self.identity)
+        self._unsaved_identity = False
         self._log.info(
             "bootstrapped cluster {cluster_id} with {partitions} partitions; this is host {host_id}",
-            cluster_id=identity["cluster_id"],
-            partitions=identity["partitions"],
-            host_id=identity["host_id"],
+            cluster_id=self.identity["cluster_id"],
+            partitions=self.identity["partitions"],
+            host_id=self.identity["host_id"],
         )
-        return identity
 
     async def _join(self):
         """Join the cluster of the seeds: learn its identity and the NI."""

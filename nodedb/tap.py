@@ -90,7 +90,8 @@ class Options(usage.Options):
 
             find_storage_plugin(self.config.storage)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # A setting that cannot work is one line, not twistd's whole usage text.
+            raise SystemExit(f"twistd nodedb: {e}") from None
 
 
 _log = Logger(namespace="nodedb.tap")

@@ -29,7 +29,8 @@ import cbor2
 REPO = Path(__file__).resolve().parents[2]
 #: How long a node may take to start, stop or answer, however loaded the machine is.
 TIMEOUT = 30.0
-#: twistd run from the working tree; argv[0] is set so usage errors read "twistd: ...".
+#: twistd run from the working tree (``python -m twisted.scripts.twistd`` would silently do
+#: nothing); argv[0] is set so that usage errors start with "twistd".
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
 _READY = re.compile(r"\bnode (?P<host_id>[0-9a-f]+)\b.*\bready at (?P<address>[^\s,]+)")

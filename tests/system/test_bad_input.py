@@ -73,6 +73,7 @@ CASES = {
     "length-2**32-1": (b"\xff\xff\xff\xff" + b"x" * 100, False, "ProtocolError"),
     "not-cbor": (frame(b"\x1f\xff\xfe"), False, "ProtocolError"),
     "cbor-cut-short": (frame(b"\xa2\x62op\x65hel"), False, "ProtocolError"),
+    "cbor-trailing-bytes": (frame(cbor2.dumps({"id": 1, "op": "hello", "version": 1, "role": "client"}) + b"\xff\x00"), False, "ProtocolError"),
     "cbor-array": (frame(cbor2.dumps([1, 2, 3])), False, "ProtocolError"),
     "cbor-text": (frame(cbor2.dumps("hello")), False, "ProtocolError"),
     "cbor-integer": (frame(cbor2.dumps(7)), False, "ProtocolError"),

@@ -237,3 +237,18 @@ def test_client_is_built_from_a_connection():
     page = success_result_of(client.scan("t", where={"a": 1}))
     assert page == Page([(1, {"a": 1}, 3)], "c")
     assert connection.sent == ("scan", {"type": "t", "where": {"a": 1}}, 2.5)
+
+
+@pytest.mark.parametrize("bad", [2**64, {1, 2}, float, object()])
+def test_a_document_the_node_would_refuse_fails_alone_before_it_is_sent(connected, clock, bad):
+    client, _endpoints = connected
+    before = client.insert("user", {"n": 1})
+    refused = client.insert("user", {"n": bad})
+    updated = client.update("user", 1, {"n": bad})
+    tx = client.transaction().insert("user", {"n": 2}).insert("user", {"n": bad})
+    failure_result_of(refused, InvalidRequest)
+    failure_result_of(updated, InvalidRequest)
+    assert "operation 1" in str(failure_result_of(tx.commit(), InvalidRequest).value)
+    after = client.insert("user", {"n": 3})
+    # The connection stayed up: the requests around the refused ones went through.
+    assert ok(connected, clock, before) != ok(connected, clock, after)
