@@ -57,24 +57,36 @@ def test_a_relative_data_directory_is_made_absolute(tmp_path, monkeypatch):
     "argv, message",
     [
         ([], "--data DIR is required"),
-        (["--listen", "tcp:7400"], "--insecure"),
-        (["--admin", "tcp:7480:interface=10.0.0.1"], "--admin"),
-        (["--storage", "nosuch"], "unknown storage backend 'nosuch'; installed: "),
-        (["--seed", "nohost"], "--seed"),
         (["--partitions", "0"], "positive integer"),
         (["--replicas", "x"], "Parameter type enforcement failed"),
         (["--bogus"], "bogus"),
     ],
 )
-def test_mistakes_are_usage_errors(tmp_path, argv, message):
+def test_malformed_command_lines_are_usage_errors(tmp_path, argv, message):
     if argv:
         argv = ["--data", str(tmp_path), *argv]
     with pytest.raises(usage.UsageError, match=message):
         parse(*argv)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--listen", "tcp:7400"], "--insecure"),
+        (["--admin", "tcp:7480:interface=10.0.0.1"], "--admin"),
+        (["--storage", "nosuch"], "unknown storage backend 'nosuch'; installed: "),
+        (["--seed", "nohost"], "--seed"),
+    ],
+)
+def test_settings_that_cannot_work_stop_with_one_line(tmp_path, argv, message):
+    with pytest.raises(SystemExit) as info:
+        parse("--data", str(tmp_path), *argv)
+    assert str(info.value).startswith("twistd nodedb: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_installed_backends_are_listed(tmp_path):
-    with pytest.raises(usage.UsageError) as info:
+    with pytest.raises(SystemExit) as info:
         parse("--data", str(tmp_path), "--storage", "nosuch")
     assert "lmdb" in str(info.value) and "memory" in str(info.value)
 
