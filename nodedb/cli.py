@@ -297,6 +297,12 @@ async def _status(client, args):
                 "-" if not coordinate else f"({coordinate['x'] * 1000:.1f},{coordinate['y'] * 1000:.1f},{coordinate['height'] * 1000:.1f})ms",
             )
         )
+    voting = status.get("voting")
+    if voting:
+        _print(
+            f"cluster {status['cluster']['id']}: leader {voting['leader'] or '(none)'}, term {voting['term']}, "
+            f"voters {', '.join(voting['voters']) or '(none)'}"
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         _print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

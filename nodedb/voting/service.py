@@ -106,6 +106,9 @@ class VotingService(Service):
             self._bootstrap = bootstrap
         else:
             self.raft = self._raft()  # a joiner: it waits to be added by the leader
+        if self.raft.config.voters == {self.host_id}:
+            self.raft.campaign()  # the only voter needs no election timeout to lead
+            self._tick_bootstrap()
         self._ticker.start(self.timing.tick, now=False)
         self._policy.start(self.timing.policy_interval, now=False)
         self._process()
@@ -134,10 +137,13 @@ class VotingService(Service):
 
     def _tick(self):
         self.raft.tick()
+        self._tick_bootstrap()
+        self._process()
+
+    def _tick_bootstrap(self):
         if self._bootstrap is not None and self.raft.state == LEADER:
             decision, self._bootstrap = self._bootstrap, None
             self.raft.propose(decision)
-        self._process()
 
     def _process(self):
         """Save, then send and apply, what Raft has for us; one Ready at a time, in order."""

@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet import task
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from nodedb import errors
@@ -98,6 +99,8 @@ class PersistentConnection:
     :param named_endpoints: ``[(address, endpoint), ...]`` to rotate over.
     :param hello: the arguments of the ``hello`` request that opens each connection.
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -188,6 +191,10 @@ class PersistentConnection:
 
     def _refused(self, reason, channel):
         self._attempt_failed(self._endpoint.current, reason.getErrorMessage())
+        if not reason.check(errors.Unavailable, errors.Timeout):
+            self._log.warn(
+                "{address} refused the handshake: {reason}", address=self._endpoint.current, reason=reason.getErrorMessage()
+            )
         channel.transport.loseConnection()
 
     def when_connected(self, attempts=None):

@@ -191,7 +191,9 @@ def test_scan_limit(cli, people):
 
 
 def test_status_prints_a_table_with_the_host(cli, node):
-    lines = ok(cli("status"))
+    summary, *lines = ok(cli("status"))
+    # A line about Voting first: this lone node leads it and is its only voter.
+    assert summary.startswith("cluster ") and f"leader {node.host_id}" in summary and f"voters {node.host_id}" in summary
     header = lines[0].split()
     assert header[:3] == ["ID", "ADDRESS", "STATUS"], lines
     assert "PARTITIONS" in header and "UNRELIABILITY" in header, lines
