@@ -7,6 +7,7 @@ unless ``--insecure`` is given.
 import html
 import json
 
+from twisted.web import pages
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -103,9 +104,14 @@ class _Page(Resource):
         ).encode("utf-8")
 
 
+class _Root(Resource):
+    def getChild(self, path, request):
+        return pages.notFound()
+
+
 def make_admin_site(node):
     """:return: the twisted.web Site serving *node*'s admin pages."""
-    root = Resource()
+    root = _Root()
     root.putChild(b"", _Page(node))
     root.putChild(b"status", _Status(node))
     root.putChild(b"metrics", _Metrics(node.metrics))
