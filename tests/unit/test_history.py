@@ -1,0 +1,80 @@
+"""The history checker, on hand-made histories that are and are not linearizable."""
+
+import pytest
+
+from nodedb.testing.history import ABSENT, NotLinearizable, Operation, check_linearizable, lost_writes
+
+
+def w(value, start, end, ok=True, key="k"):
+    return Operation(key, "write", value, start, end, ok)
+
+
+def r(value, start, end, key="k"):
+    return Operation(key, "read", value, start, end, True)
+
+
+def d(start, end, ok=True, key="k"):
+    return Operation(key, "delete", None, start, end, ok)
+
+
+GOOD = {
+    "sequential": [w(1, 0, 1), r(1, 2, 3), w(2, 4, 5), r(2, 6, 7)],
+    "concurrent write, read sees either": [w(1, 0, 10), r(1, 2, 3), r(1, 4, 5)],
+    "read before a concurrent write finished sees the old value": [w(1, 0, 1), w(2, 2, 10), r(1, 3, 4), r(2, 5, 6)],
+    "a read of nothing before any write": [r(ABSENT, 0, 1), w(1, 2, 3)],
+    "delete then absent": [w(1, 0, 1), d(2, 3), r(ABSENT, 4, 5)],
+    "an unknown write that took effect later": [w(1, 0, 1), w(2, 2, 3, ok=None), r(1, 4, 5), r(2, 6, 7)],
+    "an unknown write that never took effect": [w(1, 0, 1), w(2, 2, 3, ok=None), r(1, 4, 5), r(1, 6, 7)],
+    "a failed write is ignored": [w(1, 0, 1), w(2, 2, 3, ok=False), r(1, 4, 5)],
+    "overlapping writes in either order": [w(1, 0, 5), w(2, 1, 6), r(1, 7, 8)],
+}
+
+BAD = {
+    "stale read after a completed write": [w(1, 0, 1), w(2, 2, 3), r(1, 4, 5)],
+    "a value nobody wrote": [w(1, 0, 1), r(3, 2, 3)],
+    "reads go back in time": [w(1, 0, 1), w(2, 2, 10), r(2, 3, 4), r(1, 5, 6)],
+    "read of a deleted element": [w(1, 0, 1), d(2, 3), r(1, 4, 5)],
+    "a lost acknowledged write": [w(1, 0, 1), r(ABSENT, 2, 3)],
+    "a failed write seen": [w(1, 0, 1), w(2, 2, 3, ok=False), r(2, 4, 5)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_linearizable_histories_pass(name):
+    check_linearizable(GOOD[name])
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_broken_histories_are_caught(name):
+    with pytest.raises(NotLinearizable):
+        check_linearizable(BAD[name])
+
+
+def test_elements_are_checked_separately_and_the_bad_one_is_named():
+    history = [w(1, 0, 1, key="a"), r(1, 2, 3, key="a"), w(1, 0, 1, key="b"), w(2, 2, 3, key="b"), r(1, 4, 5, key="b")]
+    with pytest.raises(NotLinearizable) as error:
+        check_linearizable(history)
+    assert error.value.key == "b"
+
+
+def test_lost_writes_are_the_acknowledged_ones_not_at_the_end():
+    history = [
+        w("a1", 0, 1, key="a"),
+        w("b1", 0, 1, key="b"),
+        w("b2", 2, 3, key="b"),
+        w("c1", 0, 1, key="c"),
+        w("c2", 2, 3, ok=None, key="c"),
+        w("e1", 0, 1, key="e"),
+        d(2, 3, key="e"),
+    ]
+    final = {"a": "a1", "b": "b1", "c": "c2"}  # b lost its later write; e was deleted
+    lost = lost_writes(history, final)
+    assert [(op.key, op.value) for op in lost] == [("b", "b2")]
+
+
+def test_a_long_history_is_checked_quickly():
+    history = []
+    for n in range(200):
+        history.append(w(n, 2 * n, 2 * n + 3))  # each write overlaps the next
+        history.append(r(n, 2 * n + 3.5, 2 * n + 3.6))
+    check_linearizable(history)
