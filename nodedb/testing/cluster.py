@@ -50,7 +50,9 @@ class SimCluster:
 
     _log = Logger()
 
-    def __init__(self, seed, heartbeat_interval=1.0, timing=GossipTiming(), faults=None, remove_after=600.0):
+    def __init__(
+        self, seed, heartbeat_interval=1.0, timing=GossipTiming(), faults=None, remove_after=600.0, voting_timing=None
+    ):
         self.seed = seed
         self.network = SimNetwork(seed)
         if faults is not None:
@@ -60,6 +62,7 @@ class SimCluster:
         self.heartbeat_interval = heartbeat_interval
         self.timing = timing
         self.remove_after = remove_after
+        self.voting_timing = voting_timing
         self.hosts = []
 
     def __repr__(self):
@@ -112,6 +115,7 @@ class SimCluster:
             rng=random.Random(self.rng.random()),
             gossip_timing=self.timing,
             cpu_rating=1.0,
+            voting_timing=self.voting_timing,
         )
         host.node.startService()
 

@@ -77,6 +77,7 @@ class VotingService(Service):
         self.settings = settings
         self.on_change = on_change
         self.state = ClusterState()
+        self._state_index = 0  # the last log index the state includes
         self.raft = None
         self._saving = None  # the Deferred of the Ready being saved
         self._again = False
@@ -98,8 +99,9 @@ class VotingService(Service):
         if self.disk.exists():
             hard, log, snapshot = self.disk.load()
             self.raft = self._raft(hard_state=hard, log=log, snapshot=snapshot)
-            if snapshot is not None:
+            if snapshot is not None and snapshot.data is not None:
                 self.state = ClusterState.from_snapshot(snapshot.data)
+                self._state_index = snapshot.index
         elif bootstrap is not None:
             config = Config(frozenset({self.host_id}))
             self.raft = self._raft(snapshot=Snapshot(0, 0, config))
@@ -162,19 +164,23 @@ class VotingService(Service):
         for message in ready.messages:
             self._send(message)
         changed = False
+        snapshot = ready.snapshot
+        if snapshot is not None and snapshot.data is not None and snapshot.index > self._state_index:
+            # A snapshot from the leader replaces the state it summarises.
+            self.state = ClusterState.from_snapshot(snapshot.data)
+            self._state_index = snapshot.index
+            changed = True
         for entry in ready.committed:
-            if entry.kind == "normal" and entry.data is not None:
-                changed |= self.state.apply(entry.data)
+            if entry.index > self._state_index:
+                if entry.kind == "normal" and entry.data is not None:
+                    changed |= self.state.apply(entry.data)
+                self._state_index = entry.index
             waiter = self._waiting.pop(entry.index, None)
             if waiter is not None:
                 waiter.callback(entry.index)
         self.raft.advance(ready)
         if ready.committed and self.raft.applied - self.raft.snapshot.index >= self.timing.compact_every:
             self.raft.compact(self.raft.applied, self.state.to_snapshot())
-        if ready.snapshot is not None and ready.snapshot.data is not None and not ready.committed:
-            if ready.snapshot.index >= self.raft.applied:
-                self.state = ClusterState.from_snapshot(ready.snapshot.data)
-                changed = True
         if changed and self.on_change is not None:
             self.on_change(self.state)
         self._again = False

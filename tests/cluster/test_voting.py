@@ -125,3 +125,26 @@ def test_a_host_of_another_cluster_is_refused(seed):
     assert host_id(stranger) not in members(cluster)
     assert host_id(stranger) not in voting(cluster.hosts[0]).raft.config.members
     assert all(host_id(stranger) not in h.node.gossip.state.ni.entries for h in cluster.hosts[:3])
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_a_host_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_from_its_own(seed):
+    from nodedb.voting.service import VotingTiming
+
+    cluster = SimCluster(seed, voting_timing=VotingTiming(compact_every=3))
+    cluster.start_hosts(3)
+    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 3, timeout=40)
+    behind = cluster.hosts[2]
+    cluster.crash(behind)
+    cluster.start_hosts(3)  # accept, assign and config decisions while it is away
+    leader = cluster.leader()
+    cluster.run_until(lambda: len(voting(leader).state.members) == 6, timeout=40)
+    assert voting(leader).raft.snapshot.index > 5  # the log it missed is compacted away
+    cluster.restart(behind)
+    cluster.run_until(cluster.agreed, timeout=40)
+    assert len(voting(behind).state.members) == 6
+    # Every host restarts from its own snapshot plus the log after it, to the same state.
+    for host in list(cluster.hosts):
+        cluster.crash(host)
+        cluster.restart(host)
+        cluster.run_until(cluster.agreed, timeout=40)
