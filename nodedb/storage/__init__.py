@@ -105,6 +105,9 @@ class PartitionState:
     epoch: int = 0
     max_sequence: int = 0
 
+    def copy(self):
+        return PartitionState(self.partition, self.mtime, self.last_commit_id, self.epoch, self.max_sequence)
+
     def to_bytes(self):
         return _STATE.pack(self.mtime, self.last_commit_id, self.epoch, self.max_sequence)
 

@@ -14,7 +14,6 @@ them; a unit that fails its checks writes nothing, so it does not spoil the othe
 reactor never waits on fsync; reads are memory-mapped and stay on the reactor.
 """
 
-import dataclasses
 import fcntl
 import os
 import shutil
@@ -74,7 +73,7 @@ class _Txn:
         state = self._states.get(partition)
         if state is None:
             state = self._states[partition] = self.backend._read_partition_state(self.txn, partition)
-        return dataclasses.replace(state)
+        return state.copy()
 
     def put_partition_state(self, state):
         self._states[state.partition] = state

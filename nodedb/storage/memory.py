@@ -7,7 +7,6 @@ storage".
 """
 
 import bisect
-import dataclasses
 
 from twisted.internet import defer
 from zope.interface import implementer
@@ -56,10 +55,10 @@ class _MemoryTransaction:
 
     def partition_state(self, partition):
         state = self.store.partitions.get(partition)
-        return dataclasses.replace(state) if state is not None else PartitionState(partition)
+        return state.copy() if state is not None else PartitionState(partition)
 
     def put_partition_state(self, state):
-        self.store.partitions[state.partition] = dataclasses.replace(state)
+        self.store.partitions[state.partition] = state.copy()
 
     def append_log(self, entry):
         self.store.log.setdefault(entry.partition, []).append(entry)
