@@ -92,10 +92,6 @@ class GossipService(Service):
         others = sorted((e for h, e in self.state.ni.entries.items() if h != self.state.host_id), key=lambda e: e.host_id)
         return [self.state.local, *others]
 
-    def host_for_address(self, address):
-        entry = self._by_address.get(address)
-        return None if entry is None else entry.host_id
-
     def install(self, api):
         """Serve the gossip operations through *api* (a :class:`RequestAPI`)."""
         api.register("gossip.push", self._serve_push)

@@ -50,12 +50,6 @@ class UnreliabilityScore:
         if not self.available and self.score < self.settings.available_below:
             self.available, self.since = True, now
 
-    def mark_down(self, now):
-        """Count the peer unavailable at once (its connection is known to be gone)."""
-        self.score = max(self.score, self.settings.unavailable_at)
-        if self.available:
-            self.available, self.since = False, now
-
 
 @dataclass(frozen=True)
 class PhiSettings:

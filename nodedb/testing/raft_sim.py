@@ -61,7 +61,6 @@ class RaftSimulation:
         self.applied = {i: [] for i in self.ids}
         self.history = {}  # index -> the (index, term, kind, data) every member applied there
         self.proposals = 0
-        self.elections = 0
         for node_id in self.ids:
             self.nodes[node_id] = self._boot(node_id)
 

@@ -34,12 +34,6 @@ def test_score_is_bounded_both_ways():
     assert score.score == 0.0 and score.available
 
 
-def test_mark_down_is_immediate():
-    score = UnreliabilityScore(ScoreSettings(unavailable_at=3.0))
-    score.mark_down(10.0)
-    assert not score.available and score.since == 10.0 and score.score >= 3.0
-
-
 def test_phi_grows_with_silence_and_adapts_to_the_interval():
     detector = PhiAccrualDetector(PhiSettings(threshold=8.0))
     assert detector.phi(100.0) == 0.0  # nothing heard yet: no opinion
