@@ -18,6 +18,14 @@ def voting(host):
     return host.node.voting
 
 
+def settled_cluster(seed, hosts, voters, **options):
+    """A simulated cluster of *hosts* that agree on their state, with *voters* voters."""
+    cluster = SimCluster(seed, **options)
+    cluster.start_hosts(hosts)
+    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == voters, timeout=40)
+    return cluster
+
+
 def members(cluster):
     return set(voting(cluster.hosts[0]).state.members) if cluster.hosts[0].up else set(voting(cluster.live()[0]).state.members)
 
@@ -54,9 +62,7 @@ def test_voters_grow_to_three_then_five_as_hosts_are_accepted(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_killed_leader_is_replaced_and_decisions_go_on(seed):
-    cluster = SimCluster(seed)
-    cluster.start_hosts(5)
-    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 5, timeout=40)
+    cluster = settled_cluster(seed, hosts=5, voters=5)
     old = cluster.leader()
     term = voting(old).raft.term
     cluster.crash(old)
@@ -72,9 +78,7 @@ def test_a_killed_leader_is_replaced_and_decisions_go_on(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_host_gone_past_the_threshold_loses_its_ranges(seed):
-    cluster = SimCluster(seed, remove_after=20.0)
-    cluster.start_hosts(4)
-    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 3, timeout=40)
+    cluster = settled_cluster(seed, hosts=4, voters=3, remove_after=20.0)
     # The bootstrap host is the primary of every partition: the hardest host to lose.
     gone = cluster.hosts[0]
     gone_id = host_id(gone)
@@ -97,9 +101,7 @@ def test_a_host_gone_past_the_threshold_loses_its_ranges(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_removed_host_that_comes_back_at_a_new_address_is_accepted_again(seed):
-    cluster = SimCluster(seed, remove_after=15.0)
-    cluster.start_hosts(4)
-    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 3, timeout=40)
+    cluster = settled_cluster(seed, hosts=4, voters=3, remove_after=15.0)
     wanderer = cluster.hosts[3]
     wanderer_id = host_id(wanderer)
     cluster.crash(wanderer)
@@ -131,9 +133,7 @@ def test_a_host_of_another_cluster_is_refused(seed):
 def test_a_host_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_from_its_own(seed):
     from nodedb.voting.service import VotingTiming
 
-    cluster = SimCluster(seed, voting_timing=VotingTiming(compact_every=3))
-    cluster.start_hosts(3)
-    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == 3, timeout=40)
+    cluster = settled_cluster(seed, hosts=3, voters=3, voting_timing=VotingTiming(compact_every=3))
     behind = cluster.hosts[2]
     cluster.crash(behind)
     cluster.start_hosts(3)  # accept, assign and config decisions while it is away
