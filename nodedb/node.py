@@ -23,6 +23,7 @@ from nodedb.query.api import RequestAPI
 from nodedb.query.local import LocalQuery
 from nodedb.reliability.service import Reliability, ReliabilitySettings
 from nodedb.topology.vivaldi import direction, distance
+from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.policy import HostView, VotingSettings
 from nodedb.voting.service import VotingService, VotingTiming
 from nodedb.voting.state import sequence_range
@@ -281,7 +282,10 @@ class NodeService(MultiService):
     def _build_query(self):
         if self.identity["partition_bits"] != self.storage.layout.partition_bits:
             raise ConfigError(f"this store uses {self.identity['partition_bits']}-bit partition numbers; expected 16")
-        held = self.identity["held"]
+        # A member of a voting cluster allocates nothing until the agreed partition map says
+        # where, and in which epoch's range; only a new (or pre-voting) cluster starts from
+        # the partitions its identity records.
+        held = [] if RaftDisk(self.storage).exists() else self.identity["held"]
         self.ids = IdAllocator(self.storage.layout, {p: self.storage.partition_state(p).max_sequence for p in held})
         self.query = LocalQuery(
             self.storage, self.ids, self.reactor, self.status, max_document_size=self.config.max_document_size

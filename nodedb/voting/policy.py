@@ -98,7 +98,7 @@ def assignment_decision(state, views, settings):
     for partition in sorted(state.assignments):
         assignment = state.assignments[partition]
         replicas = list(assignment.replicas)
-        if len(replicas) >= target:
+        if len(replicas) >= target or (not replicas and assignment.epoch >= MAX_EPOCH):
             continue
         while len(replicas) < target:
             others = [views[h].coordinate for h in replicas if h in views]
@@ -110,7 +110,7 @@ def assignment_decision(state, views, settings):
             load[best] = load.get(best, 0) + 1
         epoch = assignment.epoch
         if assignment.primary is None and replicas:
-            epoch = min(epoch + 1, MAX_EPOCH)  # a new primary: a new id range
+            epoch += 1  # a new primary: a new id range
         new = Assignment(tuple(replicas), epoch)
         if new != assignment:
             changes[str(partition)] = new.to_data()
@@ -190,17 +190,19 @@ def next_config(voters, learners, state, views, now, settings, leader_id):
     # Every member follows the decisions, as a learner until it is made a voter.
     if members - voters - learners:
         return voters, learners | (members - voters)
-    # A voter that is gone is replaced: first it steps down to learner, then another steps up.
+    # A voter that is gone is replaced when a healthy member can take its place: first it
+    # steps down to learner, then the other steps up. (The voter count follows the number of
+    # members, not of healthy ones, so a host that is down does not shrink the quorum.)
+    spare = sorted(h for h in learners if healthy(h))
     for host in sorted(voters):
-        if long_gone(host) and len(voters) > 1:
+        if long_gone(host) and spare:
             return voters - {host}, learners | {host}
-    want = _voter_count(sum(1 for h in members if healthy(h)), settings.max_voters)
+    want = _voter_count(len(members), settings.max_voters)
     if len(voters) < want:
-        ready = sorted(h for h in learners if healthy(h))
-        if ready:
-            return voters | {ready[0]}, learners - {ready[0]}
-    elif len(voters) > want:
-        spare = sorted(voters - {leader_id}, key=lambda h: (healthy(h), h))
         if spare:
-            return voters - {spare[0]}, learners | {spare[0]}
+            return voters | {spare[0]}, learners - {spare[0]}
+    elif len(voters) > want:
+        extra = sorted(voters - {leader_id}, key=lambda h: (healthy(h), h))
+        if extra:
+            return voters - {extra[0]}, learners | {extra[0]}
     return None

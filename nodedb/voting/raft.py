@@ -148,6 +148,8 @@ class _Progress:
     next: int = 1
     #: Heard from since the last check-quorum.
     active: bool = False
+    #: Ticks to wait before sending a snapshot again (it may be large, and on its way).
+    snapshot_wait: int = 0
 
 
 class Raft:
@@ -259,6 +261,8 @@ class Raft:
     def tick(self):
         self.elapsed += 1
         if self.state == LEADER:
+            for progress in self.progress.values():
+                progress.snapshot_wait = max(0, progress.snapshot_wait - 1)
             if self.elapsed % self.heartbeat_ticks == 0:
                 self._broadcast_append()
             if self.check_quorum and self.elapsed >= self.election_ticks:
@@ -464,6 +468,7 @@ class Raft:
         if progress is None:
             return
         progress.active = True
+        progress.snapshot_wait = 0
         if message.success:
             if message.match > progress.match:
                 progress.match = message.match
@@ -492,6 +497,9 @@ class Raft:
         prev = progress.next - 1
         prev_term = self.term_at(prev)
         if prev_term is None:
+            if progress.snapshot_wait > 0:
+                return
+            progress.snapshot_wait = self.election_ticks
             self._send(Message(SNAPSHOT, self.id, member, self.term, snapshot=self.snapshot))
             return
         self._send(

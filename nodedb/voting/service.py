@@ -113,6 +113,8 @@ class VotingService(Service):
             self._tick_bootstrap()
         self._ticker.start(self.timing.tick, now=False)
         self._policy.start(self.timing.policy_interval, now=False)
+        if self.state.cluster_id is not None and self.on_change is not None:
+            self.on_change(self.state)  # the state of the snapshot, before any entry replays
         self._process()
 
     _bootstrap = None
@@ -244,7 +246,11 @@ class VotingService(Service):
             voters, learners = change
             try:
                 self.raft.propose_config(voters, learners)
-                self._log.info("changing voters to {voters}", voters=", ".join(sorted(voters)))
+                self._log.info(
+                    "changing the group to voters {voters}; learners {learners}",
+                    voters=", ".join(sorted(voters)),
+                    learners=", ".join(sorted(learners)) or "(none)",
+                )
             except (ChangeInProgress, ValueError):
                 pass
         self._process()

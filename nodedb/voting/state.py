@@ -85,7 +85,7 @@ class ClusterState:
             return False
         try:
             return handler(decision)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             return False  # malformed: ignored the same way on every host
 
     def _apply_bootstrap(self, d):
@@ -117,8 +117,14 @@ class ClusterState:
         for partition, assignment in list(self.assignments.items()):
             if host in assignment.replicas:
                 replicas = tuple(h for h in assignment.replicas if h != host)
-                epoch = assignment.epoch + 1 if assignment.primary == host else assignment.epoch
-                self.assignments[partition] = Assignment(replicas, min(epoch, MAX_EPOCH))
+                epoch = assignment.epoch
+                if assignment.primary == host:
+                    epoch += 1
+                    if epoch > MAX_EPOCH:
+                        # Every id range of the partition is used up: no primary can take it
+                        # over without reusing ids, so it takes no more writes.
+                        replicas, epoch = (), assignment.epoch
+                self.assignments[partition] = Assignment(replicas, epoch)
         return True
 
     def _apply_assign(self, d):
