@@ -18,6 +18,14 @@ def host_id(host):
     return host.node.identity["host_id"]
 
 
+def converged_cluster(seed, hosts):
+    """A simulated cluster of *hosts* whose NIs have converged."""
+    cluster = SimCluster(seed)
+    cluster.start_hosts(hosts)
+    cluster.run_until(cluster.converged, timeout=30)
+    return cluster
+
+
 def unavailable_everywhere(cluster, subject_id):
     return lambda: not any(cluster.availability(subject_id).values())
 
@@ -28,9 +36,7 @@ def available_everywhere(cluster, subject_id):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_hosts_join_through_one_seed_and_converge(seed):
-    cluster = SimCluster(seed)
-    cluster.start_hosts(30)
-    cluster.run_until(cluster.converged, timeout=30)
+    cluster = converged_cluster(seed, hosts=30)
     first = cluster.hosts[0].node
     assert first.status()["ni"]["size"] == 30
     # Every host's /status lists every host, with its address.
@@ -59,9 +65,7 @@ def test_convergence_survives_loss_duplication_reordering_and_delay(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_crashed_host_is_unavailable_everywhere_then_back_after_restart(seed):
-    cluster = SimCluster(seed)
-    cluster.start_hosts(8)
-    cluster.run_until(cluster.converged, timeout=30)
+    cluster = converged_cluster(seed, hosts=8)
     victim = cluster.hosts[5]
     victim_id = host_id(victim)
     cluster.crash(victim)
@@ -78,9 +82,7 @@ def test_a_crashed_host_is_unavailable_everywhere_then_back_after_restart(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_host_that_comes_back_at_a_new_address_supersedes_its_old_entry(seed):
-    cluster = SimCluster(seed)
-    cluster.start_hosts(6)
-    cluster.run_until(cluster.converged, timeout=30)
+    cluster = converged_cluster(seed, hosts=6)
     mover = cluster.hosts[2]
     mover_id = host_id(mover)
     cluster.crash(mover)
@@ -93,9 +95,7 @@ def test_a_host_that_comes_back_at_a_new_address_supersedes_its_old_entry(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_partition_is_seen_from_both_sides_and_heals(seed):
-    cluster = SimCluster(seed)
-    cluster.start_hosts(8)
-    cluster.run_until(cluster.converged, timeout=30)
+    cluster = converged_cluster(seed, hosts=8)
     left, right = cluster.hosts[:4], cluster.hosts[4:]
     cluster.network.partition([h.host for h in left], [h.host for h in right])
 
@@ -119,9 +119,7 @@ def test_a_partition_is_seen_from_both_sides_and_heals(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_one_way_partition_makes_the_silent_side_unavailable(seed):
-    cluster = SimCluster(seed)
-    cluster.start_hosts(4)
-    cluster.run_until(cluster.converged, timeout=30)
+    cluster = converged_cluster(seed, hosts=4)
     mute = cluster.hosts[3]
     # Nothing from the mute host reaches the others; it still hears them.
     cluster.network.partition([mute.host], [h.host for h in cluster.hosts[:3]], one_way=True)
@@ -132,9 +130,7 @@ def test_a_one_way_partition_makes_the_silent_side_unavailable(seed):
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_paused_host_is_found_by_heartbeats_and_recovers(seed):
-    cluster = SimCluster(seed)
-    cluster.start_hosts(5)
-    cluster.run_until(cluster.converged, timeout=30)
+    cluster = converged_cluster(seed, hosts=5)
     frozen = cluster.hosts[1]
     cluster.network.pause(frozen.host)  # like SIGSTOP: connections stay up, nothing moves
     cluster.run_until(unavailable_everywhere(cluster, host_id(frozen)), timeout=30)
