@@ -86,10 +86,16 @@ class IdAllocator:
         self.set_partitions(high_water_marks, limits)
 
     def set_partitions(self, high_water_marks, limits=None):
-        """Allocate in these partitions from now on (the partition map changed)."""
+        """Allocate in these partitions from now on (the partition map changed).
+
+        A partition already held keeps its own high-water mark when that is higher: ids handed
+        out for writes still on their way to storage are not in *high_water_marks* yet.
+        """
         limits = limits or {}
         self._limits = {p: limits.get(p, (1, self.layout.max_sequence)) for p in high_water_marks}
-        self._last = {p: max(last, self._limits[p][0] - 1) for p, last in high_water_marks.items()}
+        self._last = {
+            p: max(last, self._last.get(p, 0), self._limits[p][0] - 1) for p, last in high_water_marks.items()
+        }
         self._rotation = itertools.cycle(sorted(self._last)) if self._last else None
         if self._current not in self._last:
             self._left_in_turn = 0

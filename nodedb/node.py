@@ -105,6 +105,7 @@ class NodeService(MultiService):
         self._outcome = None
         self._waiting = []
         self._unsaved_identity = False
+        self._primaries = None  # {partition: epoch} this host allocates in, as last applied
 
     def when_ready(self):
         """:return: a Deferred that fires with this node once it serves requests, or fails
@@ -259,10 +260,12 @@ class NodeService(MultiService):
         host_id = self.identity["host_id"]
         primaries = state.primary_partitions(host_id)
         held = sorted(primaries)
-        self.ids.set_partitions(
-            {p: self.storage.partition_state(p).max_sequence for p in held},
-            {p: sequence_range(epoch) for p, epoch in primaries.items()},
-        )
+        if primaries != self._primaries:
+            self._primaries = primaries
+            self.ids.set_partitions(
+                {p: self.storage.partition_state(p).max_sequence for p in held},
+                {p: sequence_range(epoch) for p, epoch in primaries.items()},
+            )
         layout = self.storage.layout
         ranges = tuple(
             (layout.make(p, sequence_range(e)[0]), layout.make(p, sequence_range(e)[1])) for p, e in sorted(primaries.items())

@@ -140,3 +140,10 @@ class TestIdAllocator:
         ids = IdAllocator(self.layout, marks)
         ids.allocate(0)
         assert marks == {0: 5}
+
+
+def test_a_new_partition_map_never_lowers_a_high_water_mark():
+    allocator = IdAllocator(IdLayout(), {0: 0, 1: 0})
+    handed_out = [allocator.allocate(0) for _ in range(5)]  # not stored yet: storage still says 0
+    allocator.set_partitions({0: 0, 1: 0})
+    assert allocator.allocate(0) > max(handed_out)
