@@ -90,9 +90,11 @@ def run(hosts, seed, join_over=0.0, heartbeats=False, voting=False, timeout=600.
     # then count the steady traffic.
     decay = cluster.hosts[0].node.gossip.state.initial_decay()
     cluster.run(decay * round_interval)
+    idle_rounds = decay + IDLE_ROUNDS
     before = network.delivered
     cluster.run(IDLE_ROUNDS * round_interval)
     idle_per_round = (network.delivered - before) / IDLE_ROUNDS
+    idle_wall, idle_cpu = clocks.lap()
 
     # 3. one change, from a host picked with the seed
     subject = cluster.hosts[random.Random(seed).randrange(hosts)]
@@ -115,6 +117,9 @@ def run(hosts, seed, join_over=0.0, heartbeats=False, voting=False, timeout=600.
         "join_wall": join_wall,
         "join_cpu": join_cpu,
         "idle_per_round": idle_per_round,
+        "idle_wall": idle_wall,
+        "idle_cpu": idle_cpu,
+        "idle_rounds": idle_rounds,
         "subject": subject.name,
         "change_rounds": spread / round_interval,
         "change_messages": change_messages,
@@ -124,6 +129,10 @@ def run(hosts, seed, join_over=0.0, heartbeats=False, voting=False, timeout=600.
         "heartbeats": heartbeats,
         "voting": voting,
     }
+
+
+def total(r, kind):
+    return r[f"join_{kind}"] + r[f"idle_{kind}"] + r[f"change_{kind}"]
 
 
 def describe_setup(args, hosts_text):
@@ -137,18 +146,21 @@ def print_one(r):
     n = r["hosts"]
     print(
         f"join:   NI converged on all {n} hosts {r['join_rounds']:.1f} rounds after the last start "
-        f"(log2 N = {r['log2']:.1f}); {r['join_messages']} messages delivered; "
+        f"(log2 N = {r['log2']:.1f}); {r['join_messages']} messages delivered since the first start; "
         f"real {r['join_wall']:.1f} s (cpu {r['join_cpu']:.1f} s)"
     )
     what = "pushes, replies, hellos of new connections" + (", heartbeats" if r["heartbeats"] else "")
     what += ", voting" if r["voting"] else ""
-    print(f"idle:   {r['idle_per_round']:.0f} messages per round ({r['idle_per_round'] / n:.1f} per host: {what})")
+    print(
+        f"idle:   {r['idle_per_round']:.0f} messages per round ({r['idle_per_round'] / n:.1f} per host: {what}); "
+        f"real {r['idle_wall']:.1f} s (cpu {r['idle_cpu']:.1f} s) for {r['idle_rounds']} rounds"
+    )
     print(
         f"change: {r['subject']} status=read reached all {n} hosts in {r['change_rounds']:.1f} rounds "
         f"(log2 N = {r['log2']:.1f}); {r['change_messages']} messages delivered meanwhile; "
         f"real {r['change_wall']:.1f} s (cpu {r['change_cpu']:.1f} s)"
     )
-    print(f"total real time: {r['join_wall'] + r['change_wall']:.1f} s (cpu {r['join_cpu'] + r['change_cpu']:.1f} s)")
+    print(f"total real time: {total(r, 'wall'):.1f} s (cpu {total(r, 'cpu'):.1f} s)")
 
 
 def print_table(results):
@@ -162,7 +174,7 @@ def print_table(results):
         print(
             f"{r['hosts']:>6} {r['log2']:>6.1f} {r['join_rounds']:>11.1f} {r['change_rounds']:>13.1f} "
             f"{r['join_messages']:>10} {r['idle_per_round']:>13.0f} {r['change_messages']:>11} "
-            f"{r['join_wall'] + r['change_wall']:>8.1f} {r['join_cpu'] + r['change_cpu']:>8.1f}"
+            f"{total(r, 'wall'):>8.1f} {total(r, 'cpu'):>8.1f}"
         )
 
 
@@ -203,7 +215,7 @@ def main(argv=None):
             return 1
         results.append(result)
         if args.hosts_list:
-            print(f"  {hosts} hosts: done in {result['join_wall'] + result['change_wall']:.1f} s real", flush=True)
+            print(f"  {hosts} hosts: done in {total(result, 'wall'):.1f} s real", flush=True)
         else:
             print_one(result)
     if args.hosts_list:
