@@ -10,12 +10,6 @@ exactly one live host leads. Prints each seed's figure and the median, mean, min
 The times are simulated seconds (Raft ticks every 0.1 s; an election timeout is 10-20
 ticks), not wall time.
 
-SimClock runs each call at exactly its due time, and twisted's LoopingCall, rescheduling
-itself from a time a rounding error short of the interval's end, then runs a second time
-at once: at some simulated times many Raft ticks come in pairs and elections are quicker
-than on a real reactor. So by default this script rounds such a near-zero wait up to a full
-interval (as a real reactor, always a little late, effectively does); --raw-clock measures
-the simulator as it is.
 """
 
 import argparse
@@ -26,23 +20,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from twisted.internet.task import LoopingCall  # noqa: E402
 
 from nodedb.testing.cluster import SimCluster  # noqa: E402
-
-
-def steady_ticks():
-    """Make LoopingCall treat a wait of less than a microsecond as a whole interval."""
-    original = LoopingCall._scheduleFrom
-
-    def schedule_from(self, when):
-        if self.interval and self.starttime is not None:
-            left = self.interval - ((when - self.starttime) % self.interval)
-            if left < 1e-6:
-                when = self.starttime + round((when - self.starttime) / self.interval) * self.interval + 1e-9
-        original(self, when)
-
-    LoopingCall._scheduleFrom = schedule_from
 
 
 def voters(host):
@@ -77,12 +56,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
     parser.add_argument("--start", type=int, default=1, help="first seed (default 1)")
     parser.add_argument("--hosts", type=int, default=5, help="hosts in the cluster (default 5)")
-    parser.add_argument("--raw-clock", action="store_true", help="leave LoopingCall's doubled ticks in")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.hosts < 2:
         parser.error("--seeds must be at least 1 and --hosts at least 2")
-    if not args.raw_clock:
-        steady_ticks()
     started = time.perf_counter()
     times = []
     for seed in range(args.start, args.start + args.seeds):
@@ -91,7 +67,7 @@ def main(argv=None):
         print(f"seed {seed}: leader {old} crashed, {new} leads term {term} after {took:.2f} s", flush=True)
     print(
         f"new leader after the leader crashed, {args.hosts} hosts, {len(times)} seeds, "
-        f"{'raw' if args.raw_clock else 'steady'} ticks (simulated seconds): "
+        f"(simulated seconds): "
         f"median {statistics.median(times):.2f}, mean {statistics.mean(times):.2f}, "
         f"min {min(times):.2f}, max {max(times):.2f}"
     )
