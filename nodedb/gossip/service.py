@@ -180,6 +180,8 @@ class GossipService(Service):
     def _changed(self, entry, previous):
         if previous is not None:
             self._by_address.pop(previous.address, None)
+            if previous.address != entry.address:
+                self.transport.forget(previous.address)  # the host moved: stop calling the old one
             if entry.generation > previous.generation:
                 self._log.info(
                     "host {host_id} restarted (generation {generation}) at {address}",

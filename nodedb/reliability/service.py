@@ -37,6 +37,7 @@ class _Peer:
         self.rtt = None
         self.generation = None
         self.reported = True  # the availability last logged
+        self.changed = now  # when that availability began
 
 
 @implementer(IReliability)
@@ -65,6 +66,7 @@ class Reliability:
         available = self._available(peer)
         if available != peer.reported:
             peer.reported = available
+            peer.changed = self.clock.seconds()
             self._log.info(
                 "host {host_id} is now {state} (unreliability {score:.1f})",
                 host_id=host_id,
@@ -96,7 +98,7 @@ class Reliability:
         peer = self._peers.get(host_id)
         if peer is not None and peer.generation is not None and generation > peer.generation:
             self._peers[host_id] = fresh = _Peer(self.settings, self.clock.seconds())
-            fresh.generation, fresh.reported = generation, peer.reported
+            fresh.generation, fresh.reported, fresh.changed = generation, peer.reported, peer.changed
             self._watch(host_id, fresh)
         else:
             self._peer(host_id).generation = generation
@@ -120,11 +122,12 @@ class Reliability:
         peer = self._peers.get(host_id)
         if peer is None:
             return {"unreliability": 0.0, "available": True, "since": None, "phi": 0.0, "rtt": None}
+        self._watch(host_id, peer)  # so that "since" counts from a change phi alone made
         now = self.clock.seconds()
         return {
             "unreliability": round(peer.score.score, 2),
             "available": self._available(peer),
-            "since": peer.score.since,
+            "since": peer.changed,
             "phi": round(peer.detector.phi(now), 2),
             "rtt": peer.rtt,
         }

@@ -92,6 +92,10 @@ class PeerTransport(Service):
             peer.start()
         return peer
 
+    def peer_addresses(self):
+        """:return: the addresses this transport keeps connections to."""
+        return sorted(self._peers)
+
     def call(self, address, op, arguments, timeout):
         return self.peer(address).call(op, arguments, timeout)
 

@@ -191,3 +191,15 @@ def test_a_hundred_hosts_converge_in_logarithmic_rounds(seed):
     cluster.hosts[42].node.gossip.update_local(status="read")
     took = cluster.run_until(cluster.converged, timeout=60, check_every=0.5)
     assert took / GossipTiming().round_interval <= 2 * math.log2(100), cluster
+
+
+@pytest.mark.parametrize("seed", seeds(1))
+def test_connections_to_a_moved_hosts_old_address_are_closed(seed):
+    cluster = converged_cluster(seed, hosts=4)
+    mover = cluster.hosts[1]
+    old = mover.address
+    cluster.crash(mover)
+    cluster.restart(mover, address="127.8.8.8:7400")
+    cluster.run_until(lambda: cluster.converged() and all(cluster.availability(host_id(mover)).values()), timeout=30)
+    cluster.run(5)
+    assert all(old not in h.node.transport.peer_addresses() for h in cluster.live()), cluster
