@@ -11,6 +11,9 @@ class NodeDBError(Exception):
 
     #: The name this error travels under on the wire.
     wire_name = "NodeDBError"
+    #: True when the error is the answer of the host that served the request (rather than
+    #: a failure to reach it): a remote Unavailable means nothing was applied.
+    remote = False
 
     def __init__(self, message=""):
         super().__init__(message)
@@ -42,6 +45,11 @@ class Unavailable(NodeDBError):
     """No host that can serve the request is reachable, or the store cannot accept writes."""
 
     wire_name = "Unavailable"
+
+
+class ConnectionLost(Unavailable):
+    """The connection closed while the request was in flight: a write may or may not have been
+    applied. (It travels as Unavailable; only the end that saw the loss knows the difference.)"""
 
 
 class InvalidRequest(NodeDBError):
@@ -76,4 +84,6 @@ def from_wire(value):
         return NodeDBError("malformed error reply")
     cls = _BY_WIRE_NAME.get(value.get("type"), NodeDBError)
     message = value.get("message")
-    return cls(message if isinstance(message, str) else "")
+    error = cls(message if isinstance(message, str) else "")
+    error.remote = True
+    return error

@@ -18,9 +18,11 @@ from nodedb.config import DEFAULT_PARTITIONS, ConfigError
 from nodedb.gossip.service import GossipService, GossipTiming
 from nodedb.gossip.state import HostEntry
 from nodedb.ids import IdAllocator
+from nodedb.logsync.service import LogSyncService, LogSyncTiming
 from nodedb.metrics import NodeMetrics
 from nodedb.query.api import RequestAPI
 from nodedb.query.local import LocalQuery
+from nodedb.query.router import Router
 from nodedb.reliability.service import Reliability, ReliabilitySettings
 from nodedb.topology.vivaldi import direction, distance
 from nodedb.voting.persistence import RaftDisk
@@ -79,8 +81,10 @@ class NodeService(MultiService):
         gossip_timing=None,
         cpu_rating=None,
         voting_timing=None,
+        logsync_timing=None,
     ):
         super().__init__()
+        self.logsync_timing = logsync_timing or LogSyncTiming(call_timeout=config.peer_timeout)
         self.config = config
         self.reactor = reactor
         self.storage = storage
@@ -100,6 +104,8 @@ class NodeService(MultiService):
         self.reliability = None
         self.gossip = None
         self.voting = None
+        self.logsync = None
+        self.local = None
         self.port = None
         self.cpu_rating = cpu_rating
         self._outcome = None
@@ -186,6 +192,7 @@ class NodeService(MultiService):
             self.gossip.join(self.config.seeds).addErrback(self._log_join_failure)
         self.gossip.setName("gossip")
         self.gossip.setServiceParent(self)
+        self._start_logsync()
         self._start_voting()
         self._start_admin()
         self._log.info(
@@ -199,6 +206,31 @@ class NodeService(MultiService):
         )
         return self
 
+    def _start_logsync(self):
+        self.logsync = LogSyncService(
+            self.reactor,
+            self.identity["host_id"],
+            self.storage,
+            self.transport,
+            self._address_of,
+            timing=self.logsync_timing,
+            on_fenced=self._fenced,
+            on_syncing=self._syncing_changed,
+        )
+        self.logsync.install(self.api)
+        self.query.transport = self.transport
+        self.query.install(self.api)
+        self.local.replication = self.logsync
+        self.logsync.setName("logsync")
+        self.logsync.setServiceParent(self)
+
+    def _fenced(self, partition, epoch):
+        if self.voting is not None:
+            self.voting.request_election(partition, epoch)
+
+    def _syncing_changed(self, partitions):
+        self.gossip.update_local(syncing=tuple(partitions))
+
     def _start_voting(self):
         self.voting = VotingService(
             self.reactor,
@@ -211,6 +243,7 @@ class NodeService(MultiService):
             timing=self.voting_timing,
             settings=VotingSettings(remove_after=self.config.remove_after),
             on_change=self._cluster_changed,
+            elect=self.logsync.elect,
         )
         self.voting.install(self.api)
         self.voting.setName("voting")
@@ -251,6 +284,8 @@ class NodeService(MultiService):
                 free_bytes=entry.free_bytes,
                 cpu_rating=entry.cpu_rating,
                 coordinate=self.gossip.coordinate if own else entry.coordinate,
+                partitions=frozenset(entry.partitions),
+                syncing=frozenset(entry.syncing),
             )
         return views
 
@@ -266,6 +301,7 @@ class NodeService(MultiService):
                 {p: self.storage.partition_state(p).max_sequence for p in held},
                 {p: sequence_range(epoch) for p, epoch in primaries.items()},
             )
+        self.logsync.update(state)
         layout = self.storage.layout
         ranges = tuple(
             (layout.make(p, sequence_range(e)[0]), layout.make(p, sequence_range(e)[1])) for p, e in sorted(primaries.items())
@@ -274,10 +310,52 @@ class NodeService(MultiService):
             status = "proposal"
         else:
             status = "write" if held else "read"
-        self.gossip.update_local(status=status, partitions=tuple(state.replica_partitions(host_id)), ranges=ranges)
+        self.gossip.update_local(
+            status=status,
+            partitions=tuple(state.replica_partitions(host_id)),
+            ranges=ranges,
+            syncing=tuple(self.logsync.syncing()),
+        )
         if held != self.identity["held"]:
             self.identity["held"] = held
             self.storage.set_meta({"held": held})
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _has_room(self, free_bytes):
+        return free_bytes >= VotingSettings.min_free_bytes
+
+    def _can_insert(self):
+        return bool(self.ids.partitions()) and self._has_room(self.storage.stats()["free_bytes"])
+
+    def _insert_hosts(self):
+        """Hosts that are primary of some partition, reachable, with room for new elements."""
+        primaries = {a.primary for a in self.voting.state.assignments.values() if a.primary is not None}
+        hosts = []
+        for host_id in sorted(primaries):
+            entry = self.gossip.state.ni.entries.get(host_id)
+            if entry is not None and self._has_room(entry.free_bytes) and self.reliability.is_available(host_id):
+                hosts.append(host_id)
+        return hosts
+
+    def _nearest_replica(self, partition):
+        """The closest host with a current copy of *partition* (this one when it has one)."""
+        assignment = self.voting.state.assignments.get(partition)
+        if assignment is None or not assignment.replicas:
+            raise errors.Unavailable(f"partition {partition} has no replica now")
+        own = self.identity["host_id"]
+        if own in assignment.replicas and partition not in self.logsync.syncing():
+            return own
+        me = self.gossip.coordinate
+        best = None
+        for host_id in assignment.replicas:
+            entry = self.gossip.state.ni.entries.get(host_id)
+            if entry is None or partition in entry.syncing or not self.reliability.is_available(host_id):
+                continue
+            rank = distance(me, entry.coordinate)
+            if best is None or rank < best[0]:
+                best = (rank, host_id)
+        return best[1] if best is not None else assignment.primary
 
     def _log_join_failure(self, failure):
         self._log.failure("joining through the seeds failed", failure)
@@ -290,8 +368,19 @@ class NodeService(MultiService):
         # the partitions its identity records.
         held = [] if RaftDisk(self.storage).exists() else self.identity["held"]
         self.ids = IdAllocator(self.storage.layout, {p: self.storage.partition_state(p).max_sequence for p in held})
-        self.query = LocalQuery(
+        self.local = LocalQuery(
             self.storage, self.ids, self.reactor, self.status, max_document_size=self.config.max_document_size
+        )
+        self.query = Router(
+            self.local,
+            self.identity["host_id"],
+            cluster=lambda: self.voting.state,
+            transport=None,  # set once the transport exists
+            address_of=self._address_of,
+            insert_hosts=self._insert_hosts,
+            nearest_replica=self._nearest_replica,
+            can_insert=self._can_insert,
+            timeout=self.config.peer_timeout * 2,
         )
         self.api = RequestAPI(self.query, self.hello, self.reactor, self.metrics, admit_peer=self._admit_peer)
 
@@ -509,6 +598,7 @@ class NodeService(MultiService):
             },
             "ni": {"size": gossip.ni.size, "checksum": f"{gossip.ni.checksum:016x}", "rounds": self.gossip.rounds},
             "voting": self.voting.status() if self.voting is not None else None,
+            "replication": self.logsync.status() if self.logsync is not None else None,
         }
 
 

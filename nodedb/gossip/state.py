@@ -70,6 +70,8 @@ class HostEntry:
     free_bytes: int = 0
     cpu_rating: float = 1.0
     coordinate: Coordinate = field(default_factory=Coordinate)
+    #: Partitions the host holds a copy of that is not caught up yet (``inactive`` for them).
+    syncing: tuple = ()
 
     @property
     def stamp(self):
@@ -89,6 +91,7 @@ class HostEntry:
             "free": self.free_bytes,
             "cpu": self.cpu_rating,
             "coord": self.coordinate.to_wire(),
+            "syncing": list(self.syncing),
         }
 
     @classmethod
@@ -106,6 +109,10 @@ class HostEntry:
         partitions = value.get("partitions", [])
         _check(type(partitions) is list and len(partitions) <= MAX_PARTITION_LIST, "bad partitions")
         for partition in partitions:
+            _nonnegative_int(partition, "partition")
+        syncing = value.get("syncing", [])
+        _check(type(syncing) is list and len(syncing) <= MAX_PARTITION_LIST, "bad syncing partitions")
+        for partition in syncing:
             _nonnegative_int(partition, "partition")
         ranges = value.get("ranges", [])
         _check(type(ranges) is list and len(ranges) <= MAX_PARTITION_LIST, "bad ranges")
@@ -129,6 +136,7 @@ class HostEntry:
             free_bytes=_nonnegative_int(value.get("free", 0), "free"),
             cpu_rating=_number(value.get("cpu", 1.0), "cpu"),
             coordinate=coordinate,
+            syncing=tuple(syncing),
         )
 
 

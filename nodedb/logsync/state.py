@@ -1,30 +1,77 @@
-"""Replication progress of one partition: pure state, no I/O (groundwork of the replication
-issue; not wired into the node yet).
+"""Replication progress of one partition on its primary: pure state, no I/O.
 
-The primary of a partition appends to its commit log and ships entries to the followers of
-the replica set. :class:`PrimaryProgress` tracks what each follower has durably (its
-``match``), what to send it next, and the highest commit id a majority of the replica set
-(the primary included) has synced: a write is acknowledged to its client only once its
-commit id is at or below that. :class:`FollowerLog` is the follower's side: it takes entries
-only from the current epoch's primary, only in order, and says where it stands otherwise, so
-the primary can back up (or fall back to a full resync when its log no longer reaches back).
+The primary appends to the partition's commit log and ships entries to the followers of the
+replica set. :class:`PrimaryProgress` tracks, per follower, what it has durably (``match``),
+what to send it next, whether it needs a full resync (its log diverged from ours, or ours no
+longer reaches back to where it stands), and which append messages it confirmed (for the
+read barrier). It answers the two questions the primary acts on: up to which commit id a
+majority of the replica set has the log (:meth:`committed`: writes up to there are
+acknowledged), and up to which commit id every replica has it (:meth:`fully_replicated`:
+the log, tombstones included, may be dropped up to there).
 
-Every message carries the partition's epoch; a follower refuses an older one, so a deposed
-primary cannot overwrite what a newer one wrote.
+The follower's side of every rule lives in :func:`nodedb.storage.apply.apply_replication`.
 """
 
 from dataclasses import dataclass, field
 
 
-class StaleEpoch(Exception):
-    """A message from an older epoch than the follower already knows."""
+def majority(count):
+    """How many of *count* replicas make a majority."""
+    return count // 2 + 1
+
+
+def answers_needed(count):
+    """How many replicas of a set of *count* must answer a failover so that at least one of
+    them holds every acknowledged write (which a majority holds)."""
+    return count - majority(count) + 1
+
+
+def choose_primary(answers):
+    """The replica to lead a partition's next epoch.
+
+    :param answers: ``{host: (followed, last_commit_id, syncing)}`` from the replicas that
+        promised the new epoch.
+    :return: the host with the highest ``(followed, last_commit_id)`` that is not in the
+        middle of a full resync (ties go to the smallest host id), or None.
+    """
+    eligible = {host: (followed, last) for host, (followed, last, syncing) in answers.items() if not syncing}
+    if not eligible:
+        return None
+    best = max(eligible.values())
+    return min(host for host, position in eligible.items() if position == best)
 
 
 @dataclass
-class _Follower:
-    match: int = 0  # highest commit id the follower has durably
+class Resync:
+    """A full copy of the partition to one follower, as of commit *base* (whose entry has
+    *base_epoch*): pages of elements follow one record type after another."""
+
+    base: int
+    base_epoch: int
+    types: tuple
+    type_index: int = 0
+    after: int = -1  # last element id sent of the current type
+    reset_sent: bool = False
+    done_sent: bool = False
+    copied: int = 0
+    # Where the last acknowledged page left off, to send again after a lost message.
+    acked: tuple = (0, -1, False, 0)
+
+    def checkpoint(self):
+        self.acked = (self.type_index, self.after, self.reset_sent, self.copied)
+
+    def rewind(self):
+        self.type_index, self.after, self.reset_sent, self.copied = self.acked
+        self.done_sent = False
+
+
+@dataclass
+class FollowerProgress:
+    match: int = 0  # highest commit id the follower has durably, in agreement with us
     next: int = 1  # the next commit id to send it
     in_flight: bool = False
+    resync: Resync | None = None
+    confirmed: int = 0  # the newest append message (by link sequence) it accepted
 
 
 @dataclass
@@ -32,104 +79,78 @@ class PrimaryProgress:
     """The primary's view of one partition's replication.
 
     :param last: the primary's own last durable commit id.
-    :param truncated: commit ids up to this one are gone from the primary's log (a follower
-        behind it needs a full resync).
     """
 
     partition: int
     epoch: int
     followers: tuple
     last: int = 0
-    truncated: int = 0
-    _followers: dict = field(default_factory=dict)
+    progress: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self._followers = {f: _Follower(next=self.last + 1) for f in self.followers}
+        self.progress = {f: FollowerProgress(next=self.last + 1) for f in self.followers}
 
     def appended(self, commit_id):
         """The primary made *commit_id* durable locally."""
         self.last = max(self.last, commit_id)
 
-    def to_send(self, limit=256):
-        """What to ship now: ``{follower: (first, last)}`` commit-id ranges, or ``"resync"``
-        for a follower the log no longer covers. Each follower has at most one batch in flight."""
-        plan = {}
-        for name, follower in self._followers.items():
-            if follower.in_flight or follower.next > self.last:
-                continue
-            if follower.next <= self.truncated:
-                plan[name] = "resync"
-            else:
-                plan[name] = (follower.next, min(self.last, follower.next + limit - 1))
-            follower.in_flight = True
-        return plan
-
-    def acknowledged(self, follower, epoch, match):
-        """*follower* has everything up to *match* durably (in *epoch*)."""
-        state = self._followers.get(follower)
-        if state is None or epoch != self.epoch:
+    def accepted(self, follower, last, sequence):
+        """*follower* took what we sent in message *sequence*; its log ends at *last*, and
+        agrees with ours up to there."""
+        state = self.progress.get(follower)
+        if state is None:
             return
-        state.in_flight = False
-        state.match = max(state.match, min(match, self.last))
-        state.next = max(state.next, state.match + 1)
-
-    def refused(self, follower, epoch, last):
-        """*follower* could not take a batch: its log ends at *last* (a gap or a conflict)."""
-        state = self._followers.get(follower)
-        if state is None or epoch != self.epoch:
+        state.confirmed = max(state.confirmed, sequence)
+        if state.resync is not None:
             return
-        state.in_flight = False
-        state.next = min(state.next, last + 1)
-        state.match = min(state.match, last)
+        state.match = max(state.match, min(last, self.last))
+        state.next = state.match + 1
 
-    def lost(self, follower):
-        """A batch to *follower* timed out: send again."""
-        state = self._followers.get(follower)
-        if state is not None:
-            state.in_flight = False
+    def position(self, follower, last, last_epoch, epoch_at):
+        """*follower* refused an append: its log ends at *last*, an entry of *last_epoch*.
+
+        :param epoch_at: ``epoch_at(commit_id)`` -> the epoch of our own entry, or None when
+            our log does not reach back there.
+        :return: True if the follower now needs a full resync.
+        """
+        state = self.progress.get(follower)
+        if state is None or state.resync is not None:
+            return False
+        if last <= self.last and epoch_at(last) == last_epoch:
+            state.next = last + 1  # its log is a prefix of ours: continue from its end
+            state.match = min(state.match, last)
+            return False
+        return True
+
+    def start_resync(self, follower, base, base_epoch, types):
+        """Copy the whole partition to *follower*, as of our commit *base*."""
+        state = self.progress[follower]
+        state.resync = Resync(base, base_epoch, tuple(types))
+        state.match = 0
+        return state.resync
+
+    def resynced(self, follower):
+        """The full copy to *follower* is complete."""
+        state = self.progress[follower]
+        base, state.resync = state.resync.base, None
+        state.match = base
+        state.next = base + 1
 
     def committed(self):
         """The highest commit id that a majority of the replica set has durably."""
-        matches = sorted([self.last] + [f.match for f in self._followers.values()], reverse=True)
-        majority = (len(matches)) // 2 + 1
-        return matches[majority - 1]
+        matches = sorted([self.last] + [f.match for f in self.progress.values()], reverse=True)
+        return matches[majority(len(matches)) - 1]
+
+    def confirmed_since(self, sent):
+        """Whether a majority of the replica set (ourselves included) accepted a message sent
+        after ``sent`` (``{follower: sequence}`` when a read arrived) in this epoch."""
+        count = 1 + sum(1 for f, s in sent.items() if f in self.progress and self.progress[f].confirmed > s)
+        return count >= majority(len(self.progress) + 1)
 
     def fully_replicated(self):
-        """The highest commit id every replica has (tombstones below it may be purged)."""
-        return min([self.last] + [f.match for f in self._followers.values()])
-
-
-@dataclass
-class FollowerLog:
-    """A follower's view of one partition: the epoch it follows and its last commit id."""
-
-    partition: int
-    epoch: int = 0
-    last: int = 0
-
-    def offer(self, epoch, first, count):
-        """A batch of *count* entries starting at commit id *first* arrives from the primary
-        of *epoch*.
-
-        :return: ``(start, end)``: apply the entries with commit ids in ``[start, end]`` (an
-            empty range when they are all known already).
-        :raise StaleEpoch: if *epoch* is older than the one this replica follows.
-        :raise ValueError: carrying the last commit id here, when the batch leaves a gap.
-        """
-        if epoch < self.epoch:
-            raise StaleEpoch(f"partition {self.partition}: epoch {epoch} is older than {self.epoch}")
-        self.epoch = epoch
-        if first > self.last + 1:
-            raise ValueError(self.last)
-        start = self.last + 1
-        end = first + count - 1
-        return start, end
-
-    def applied(self, commit_id):
-        """The entries up to *commit_id* are durable here."""
-        self.last = max(self.last, commit_id)
-
-    def reset(self, epoch, commit_id):
-        """A full resync replaced the partition's data as of *commit_id*."""
-        self.epoch = max(self.epoch, epoch)
-        self.last = commit_id
+        """The highest commit id every replica has, or will get from our log (a follower
+        under resync needs the log after its base)."""
+        marks = [self.last]
+        for state in self.progress.values():
+            marks.append(state.resync.base if state.resync is not None else state.match)
+        return min(marks)

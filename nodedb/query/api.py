@@ -43,6 +43,12 @@ def _cursor(value):
     return value
 
 
+def _consistency(value):
+    if value not in (None, "linearizable", "replica"):
+        raise errors.InvalidRequest('consistency is "linearizable" (the default) or "replica"')
+    return None if value == "linearizable" else value
+
+
 def _where(value):
     if value is not None and type(value) is not dict:
         raise errors.InvalidRequest("where is a map")
@@ -52,7 +58,11 @@ def _where(value):
 #: For each operation, its fields: name -> (checker, required).
 _FIELDS = {
     "insert": {"type": (codec.check_type_name, True), "doc": (codec.check_document, True), "near": (_optional_id, False)},
-    "get": {"type": (codec.check_type_name, True), "key": (check_element_id, True)},
+    "get": {
+        "type": (codec.check_type_name, True),
+        "key": (check_element_id, True),
+        "consistency": (_consistency, False),
+    },
     "update": {
         "type": (codec.check_type_name, True),
         "key": (check_element_id, True),
@@ -203,7 +213,7 @@ class RequestAPI:
 
     def _get(self, request):
         a = parse_arguments("get", request)
-        return self.query.get(a["type"], a["key"])
+        return self.query.get(a["type"], a["key"], a.get("consistency"))
 
     def _update(self, request):
         a = parse_arguments("update", request)

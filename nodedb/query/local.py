@@ -4,9 +4,10 @@ This is the whole of query processing for a single node, and the part of it that
 the data is once requests are routed between hosts.
 """
 
+from twisted.internet import defer
 from zope.interface import implementer
 
-from nodedb.errors import InvalidRequest, NotFound
+from nodedb.errors import InvalidRequest, NodeDBError, NotFound
 from nodedb.interfaces import IQuery
 from nodedb.query.cursor import decode_cursor, encode_cursor
 from nodedb.query.filters import compile_where
@@ -34,14 +35,19 @@ class LocalQuery:
     :param ids: the :class:`~nodedb.interfaces.IIdAllocator`.
     :param clock: an ``IReactorTime``; its ``seconds()`` stamps commit log entries.
     :param status: a callable returning the status document.
+    :param replication: the node's LogSync, once it has one: writes then commit only in the
+        partitions this host is the ready primary of, at their epoch, and are acknowledged once
+        a majority of the replicas has them; reads wait for its read barrier. None on a lone
+        node without replication (every write is acknowledged once durable here).
     """
 
-    def __init__(self, storage, ids, clock, status, max_document_size=DEFAULT_MAX_DOCUMENT_SIZE):
+    def __init__(self, storage, ids, clock, status, max_document_size=DEFAULT_MAX_DOCUMENT_SIZE, replication=None):
         self.storage = storage
         self.ids = ids
         self.clock = clock
         self._status = status
         self.max_document_size = max_document_size
+        self.replication = replication
 
     def encode_document(self, doc):
         """The stored form of *doc*, or InvalidRequest if it is too large."""
@@ -53,7 +59,27 @@ class LocalQuery:
         return data
 
     def _commit(self, operations):
-        return self.storage.commit(operations, self.clock.seconds())
+        if self.replication is None:
+            return self.storage.commit(operations, self.clock.seconds())
+        partition_of = self.storage.layout.partition_of
+        try:
+            epochs = self.replication.epochs({partition_of(op.element_id) for op in operations})
+        except NodeDBError as e:
+            return defer.fail(e)
+        d = self.storage.commit(operations, self.clock.seconds(), epochs)
+        return d.addCallback(self._acknowledged)
+
+    def _acknowledged(self, results):
+        waiting = self.replication.acknowledge(results)
+        return results if waiting is None else waiting.addCallback(lambda _: results)
+
+    def _after_barrier(self, partitions, read, *arguments):
+        """``read(*arguments)`` once *partitions* can be read linearizably here."""
+        if self.replication is not None:
+            barrier = self.replication.read_barrier(partitions)
+            if barrier is not None:
+                return barrier.addCallback(lambda _: read(*arguments))
+        return read(*arguments)
 
     def _insert_operation(self, record_type, doc, near):
         data = self.encode_document(doc)
@@ -62,7 +88,16 @@ class LocalQuery:
     def insert(self, record_type, doc, near=None):
         return self._commit([self._insert_operation(record_type, doc, near)]).addCallback(_only_id)
 
-    def get(self, record_type, element_id):
+    def get(self, record_type, element_id, consistency=None):
+        """With ``consistency="replica"`` the local copy is read as it is (it may be stale);
+        otherwise only the partition's primary answers, after its read barrier."""
+        if consistency == "replica":
+            return self.read(record_type, element_id)
+        partition = self.storage.layout.partition_of(element_id)
+        return self._after_barrier((partition,), self.read, record_type, element_id)
+
+    def read(self, record_type, element_id):
+        """The local copy of the element, with no check that it is current."""
         found = self.storage.get(record_type, element_id)
         if found is None:
             raise NotFound(f"{record_type} {element_id} not found")
@@ -76,17 +111,28 @@ class LocalQuery:
     def delete(self, record_type, element_id, if_version=None):
         return self._commit([Delete(record_type, element_id, if_version)]).addCallback(_only_version)
 
-    def scan(self, record_type, where=None, limit=None, cursor=None):
+    def scan(self, record_type, where=None, limit=None, cursor=None, until=None):
+        """A page of the elements with ids after the cursor, up to *until* (the last id of
+        the partitions this host is primary for, when the router asks it for a range)."""
         predicate = compile_where(where)
         limit = DEFAULT_PAGE_SIZE if limit is None else limit
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE_SIZE}")
         after = decode_cursor(cursor)
+        if until is None or self.replication is None:
+            return self._scan(record_type, predicate, limit, after, until)
+        layout = self.storage.layout
+        partitions = range(layout.partition_of(after + 1), layout.partition_of(until) + 1)
+        return self._after_barrier(partitions, self._scan, record_type, predicate, limit, after, until)
+
+    def _scan(self, record_type, predicate, limit, after, until):
         items = []
         examined = size = 0
         while True:
             batch = self.storage.scan(record_type, after, _SCAN_BATCH)
             for element_id, data, version in batch:
+                if until is not None and element_id > until:
+                    return {"items": items, "cursor": None}
                 after = element_id
                 examined += 1
                 doc = codec.decode_stored(data)

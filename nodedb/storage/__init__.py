@@ -5,14 +5,16 @@ Backends live beside this module: :mod:`nodedb.storage.lmdb` (the default, durab
 same :func:`nodedb.storage.apply.apply_operations`, so they cannot disagree on semantics.
 """
 
+import dataclasses
 import enum
 import struct
 from dataclasses import dataclass
 
 
 _LOG_KEY = struct.Struct(">IQ")
-_LOG_HEAD = struct.Struct(">dBQB")
-_STATE = struct.Struct(">dQQQ")
+_LOG_HEAD = struct.Struct(">dHBQB")
+_STATE = struct.Struct(">dQQQQQQQB")
+_STATE_V1 = struct.Struct(">dQQQ")
 
 
 class ChangeType(enum.IntEnum):
@@ -53,11 +55,63 @@ class Delete:
 
 
 @dataclass(slots=True)
+class Promise:
+    """Follow no epoch older than *epoch* in *partition* (a failover fences the old primary
+    with it). With *lead*, this host is the primary of *epoch* from now on."""
+
+    partition: int
+    epoch: int
+    lead: bool = False
+
+
+@dataclass(slots=True)
+class Append:
+    """Entries shipped by the primary of *epoch*; *prev* is ``(commit_id, epoch)`` of the
+    entry just before them. The log may be dropped up to *truncate* (every replica has it)."""
+
+    partition: int
+    epoch: int
+    prev: tuple
+    entries: list
+    truncate: int = 0
+
+
+@dataclass(slots=True)
+class Reset:
+    """Start a full resync of *partition*: drop its elements and log."""
+
+    partition: int
+    epoch: int
+    mtime: float
+
+
+@dataclass(slots=True)
+class Load:
+    """Elements ``(record_type, element_id, data, version)`` copied by a full resync; *done*,
+    when given, is ``(commit_id, epoch)``: the copy is complete as of that entry."""
+
+    partition: int
+    epoch: int
+    elements: list
+    done: tuple | None = None
+
+
+@dataclass(slots=True)
+class Truncate:
+    """Drop the log of *partition* up to commit id *upto*."""
+
+    partition: int
+    upto: int
+
+
+@dataclass(slots=True)
 class LogEntry:
     """One commit log entry: ``timestamp | commit_id | change_type | element_id | data``.
 
     *data* is the document's CBOR for creates and updates and empty for deletes; the record
-    type travels beside it so that a replica can replay the entry.
+    type travels beside it so that a replica can replay the entry. *epoch* is the partition
+    epoch of the primary that wrote it: two replicas whose entries at one commit id share the
+    epoch hold the same log up to there (the log-matching rule replication relies on).
     """
 
     partition: int
@@ -67,6 +121,7 @@ class LogEntry:
     record_type: str
     element_id: int
     data: bytes
+    epoch: int = 0
 
     def key(self):
         """The log key: partition then commit id, so a partition's log is one key range."""
@@ -74,7 +129,8 @@ class LogEntry:
 
     def value(self):
         name = self.record_type.encode("ascii")
-        return _LOG_HEAD.pack(self.timestamp, self.change_type, self.element_id, len(name)) + name + self.data
+        head = _LOG_HEAD.pack(self.timestamp, self.epoch, self.change_type, self.element_id, len(name))
+        return head + name + self.data
 
     @staticmethod
     def log_key(partition, commit_id):
@@ -83,11 +139,19 @@ class LogEntry:
     @classmethod
     def from_record(cls, key, value):
         partition, commit_id = _LOG_KEY.unpack(key)
-        timestamp, change_type, element_id, name_length = _LOG_HEAD.unpack_from(value)
+        timestamp, epoch, change_type, element_id, name_length = _LOG_HEAD.unpack_from(value)
         start = _LOG_HEAD.size
         name = bytes(value[start : start + name_length]).decode("ascii")
         data = bytes(value[start + name_length :])
-        return cls(partition, commit_id, timestamp, ChangeType(change_type), name, element_id, data)
+        return cls(partition, commit_id, timestamp, ChangeType(change_type), name, element_id, data, epoch)
+
+    @classmethod
+    def from_wire(cls, partition, value):
+        commit_id, epoch, timestamp, change_type, record_type, element_id, data = value
+        return cls(partition, commit_id, timestamp, ChangeType(change_type), record_type, element_id, data, epoch)
+
+    def to_wire(self):
+        return [self.commit_id, self.epoch, self.timestamp, int(self.change_type), self.record_type, self.element_id, self.data]
 
 
 @dataclass(slots=True)
@@ -95,8 +159,13 @@ class PartitionState:
     """What a host knows of its copy of one partition.
 
     *mtime* is when the copy was last reset (a full resync), *last_commit_id* the newest commit
-    applied, *epoch* the partition's replication epoch, *max_sequence* the highest id sequence
-    ever used in it (so ids are never reused, even after deletes).
+    applied and *last_epoch* the epoch of that entry, *epoch* the newest replication epoch this
+    copy has promised to follow (it refuses entries of older ones), *max_sequence* the highest
+    id sequence ever used in it (so ids are never reused, even after deletes). The log holds
+    the entries after *truncated* (whose entry had *truncated_epoch*); *syncing* is set while a
+    full resync is filling the copy. *followed* is the newest epoch whose primary verified that
+    this copy's whole log is a prefix of its own (as in Viewstamped Replication's last normal
+    view): a failover picks the replica with the highest ``(followed, last_commit_id)``.
     """
 
     partition: int
@@ -104,17 +173,39 @@ class PartitionState:
     last_commit_id: int = 0
     epoch: int = 0
     max_sequence: int = 0
+    last_epoch: int = 0
+    truncated: int = 0
+    truncated_epoch: int = 0
+    followed: int = 0
+    syncing: bool = False
 
     def copy(self):
-        return PartitionState(self.partition, self.mtime, self.last_commit_id, self.epoch, self.max_sequence)
+        return dataclasses.replace(self)
 
     def to_bytes(self):
-        return _STATE.pack(self.mtime, self.last_commit_id, self.epoch, self.max_sequence)
+        return _STATE.pack(
+            self.mtime,
+            self.last_commit_id,
+            self.epoch,
+            self.max_sequence,
+            self.last_epoch,
+            self.truncated,
+            self.truncated_epoch,
+            self.followed,
+            self.syncing,
+        )
 
     @classmethod
     def from_bytes(cls, partition, data):
-        return cls(partition, *_STATE.unpack(data))
+        if len(data) == _STATE_V1.size:
+            return cls(partition, *_STATE_V1.unpack(data))
+        *fields, syncing = _STATE.unpack(data)
+        return cls(partition, *fields, bool(syncing))
+
+    def position(self):
+        """How complete this copy is, as a failover compares them: ``(followed, last)``."""
+        return (self.followed, self.last_commit_id)
 
 
 #: The on-disk schema version; a store written by a newer one is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2

@@ -28,8 +28,8 @@ from zope.interface import implementer
 from nodedb.errors import NodeDBError, Unavailable
 from nodedb.ids import IdLayout
 from nodedb.interfaces import IStorageBackend
-from nodedb.storage import SCHEMA_VERSION, LogEntry, PartitionState
-from nodedb.storage.apply import apply_operations
+from nodedb.storage import SCHEMA_VERSION, Append, Load, LogEntry, PartitionState
+from nodedb.storage.apply import apply_operations, apply_replication
 from nodedb.wire import codec
 
 _ID = struct.Struct(">Q")
@@ -95,6 +95,29 @@ class _Txn:
 
     def append_log(self, entry):
         self.txn.put(entry.key(), entry.value(), db=self.backend._log)
+
+    def log_epoch(self, partition, commit_id):
+        value = self.txn.get(LogEntry.log_key(partition, commit_id), db=self.backend._log)
+        return None if value is None else LogEntry.from_record(LogEntry.log_key(partition, commit_id), value).epoch
+
+    def delete_log(self, partition, upto):
+        self._delete_range(self.backend._log, LogEntry.log_key(partition, 0), LogEntry.log_key(partition, upto))
+
+    def delete_partition(self, partition):
+        layout = self.backend.layout
+        first, last = _ID.pack(layout.first_id(partition)), _ID.pack(layout.last_id(partition))
+        for db in self.backend._types.values():
+            self._delete_range(db, first, last)
+        self._delete_range(self.backend._log, LogEntry.log_key(partition, 0), LogEntry.log_key(partition, (1 << 64) - 1))
+
+    def _delete_range(self, db, first, last):
+        """Delete the keys in ``[first, last]`` of *db*."""
+        cursor = self.txn.cursor(db=db)
+        if not cursor.set_range(first):
+            return
+        while cursor.key() and cursor.key() <= last:
+            if not cursor.delete():
+                break
 
 
 @implementer(IStorageBackend)
@@ -189,7 +212,18 @@ class LMDBStorage:
                     f"storage at {self.path} has schema version {version}; "
                     f"this nodedb understands up to {SCHEMA_VERSION}: upgrade nodedb"
                 )
-            # Numbered upgraders go here when SCHEMA_VERSION moves past 1.
+            if version == 1:
+                self._upgrade_log_to_v2(txn)
+                txn.put(b"m:schema_version", codec.encode(SCHEMA_VERSION), db=self._meta)
+
+    def _upgrade_log_to_v2(self, txn):
+        """Version 2 records each log entry's epoch (0 for every entry written before)."""
+        old_head = struct.Struct(">dBQB")
+        cursor = txn.cursor(db=self._log)
+        for key, value in list(cursor):
+            timestamp, change_type, element_id, name_length = old_head.unpack_from(value)
+            rest = value[old_head.size :]
+            txn.put(key, struct.pack(">dHBQB", timestamp, 0, change_type, element_id, name_length) + rest, db=self._log)
 
     def _open_existing_types(self):
         with self.env.begin() as txn:
@@ -220,9 +254,21 @@ class LMDBStorage:
 
     # -- writes -----------------------------------------------------------------------------
 
-    def commit(self, operations, timestamp):
+    def commit(self, operations, timestamp, epochs=None):
         types = (operations[0].record_type,) if len(operations) == 1 else {op.record_type for op in operations}
-        return self._submit(lambda txn: apply_operations(txn, operations, timestamp, self.layout), types)
+        return self._submit(lambda txn: apply_operations(txn, operations, timestamp, self.layout, epochs), types)
+
+    def replicate(self, units):
+        types = set()
+        for unit in units:
+            if type(unit) is Append:
+                types.update(entry.record_type for entry in unit.entries)
+            elif type(unit) is Load:
+                types.update(element[0] for element in unit.elements)
+        return self._submit(lambda txn: apply_replication(txn, units, self.layout), types)
+
+    def record_types(self):
+        return sorted(self._types)
 
     def set_meta(self, items):
         encoded = [

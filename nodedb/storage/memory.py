@@ -15,7 +15,7 @@ from nodedb.errors import NodeDBError, Unavailable
 from nodedb.ids import IdLayout
 from nodedb.interfaces import IStorageBackend
 from nodedb.storage import SCHEMA_VERSION, LogEntry, PartitionState
-from nodedb.storage.apply import apply_operations
+from nodedb.storage.apply import apply_operations, apply_replication
 
 
 class MemoryStore:
@@ -36,8 +36,9 @@ class _MemoryTransaction:
     roll back.
     """
 
-    def __init__(self, store):
+    def __init__(self, store, layout):
         self.store = store
+        self.layout = layout
 
     def get_element(self, record_type, element_id):
         return self.store.types.get(record_type, {}).get(element_id)
@@ -63,6 +64,34 @@ class _MemoryTransaction:
     def append_log(self, entry):
         self.store.log.setdefault(entry.partition, []).append(entry)
 
+    def _log_index(self, partition, commit_id):
+        return bisect.bisect_left(self.store.log.get(partition, []), commit_id, key=_commit_id)
+
+    def log_epoch(self, partition, commit_id):
+        entries = self.store.log.get(partition, [])
+        index = self._log_index(partition, commit_id)
+        if index < len(entries) and entries[index].commit_id == commit_id:
+            return entries[index].epoch
+        return None
+
+    def delete_log(self, partition, upto):
+        entries = self.store.log.get(partition, [])
+        del entries[: self._log_index(partition, upto + 1)]
+
+    def delete_partition(self, partition):
+        self.store.log.pop(partition, None)
+        for record_type, ids in self.store.sorted_ids.items():
+            first = bisect.bisect_left(ids, self.layout.first_id(partition))
+            last = bisect.bisect_right(ids, self.layout.last_id(partition))
+            table = self.store.types[record_type]
+            for element_id in ids[first:last]:
+                del table[element_id]
+            del ids[first:last]
+
+
+def _commit_id(entry):
+    return entry.commit_id
+
 
 @implementer(IStorageBackend)
 class MemoryStorage:
@@ -83,14 +112,25 @@ class MemoryStorage:
         self._open = False
         return defer.succeed(None)
 
-    def commit(self, operations, timestamp):
+    def commit(self, operations, timestamp, epochs=None):
         if not self._open:
             return defer.fail(Unavailable("storage is closed"))
         try:
-            results = apply_operations(_MemoryTransaction(self.store), operations, timestamp, self.layout)
+            results = apply_operations(self._transaction(), operations, timestamp, self.layout, epochs)
         except NodeDBError as e:
             return defer.fail(e)
         return defer.succeed(results)
+
+    def replicate(self, units):
+        if not self._open:
+            return defer.fail(Unavailable("storage is closed"))
+        return defer.succeed(apply_replication(self._transaction(), units, self.layout))
+
+    def _transaction(self):
+        return _MemoryTransaction(self.store, self.layout)
+
+    def record_types(self):
+        return sorted(name for name, ids in self.store.sorted_ids.items() if ids)
 
     def get(self, record_type, element_id):
         return self.store.types.get(record_type, {}).get(element_id)
@@ -103,11 +143,11 @@ class MemoryStorage:
 
     def read_log(self, partition, after_commit_id, limit):
         entries = self.store.log.get(partition, [])
-        start = bisect.bisect_right(entries, after_commit_id, key=lambda entry: entry.commit_id)
+        start = bisect.bisect_right(entries, after_commit_id, key=_commit_id)
         return entries[start : start + limit]
 
     def partition_state(self, partition):
-        return _MemoryTransaction(self.store).partition_state(partition)
+        return self._transaction().partition_state(partition)
 
     def get_meta(self, key):
         return self.store.meta.get(key)

@@ -30,7 +30,19 @@ from zope.interface.verify import verifyObject
 from nodedb.errors import Conflict, NotFound, Unavailable
 from nodedb.ids import MAX_ID, IdLayout
 from nodedb.interfaces import IStorageBackend
-from nodedb.storage import ChangeType, Delete, Insert, LogEntry, PartitionState, Update
+from nodedb.storage import (
+    Append,
+    ChangeType,
+    Delete,
+    Insert,
+    Load,
+    LogEntry,
+    PartitionState,
+    Promise,
+    Reset,
+    Truncate,
+    Update,
+)
 from nodedb.wire import codec
 
 #: The timestamp the tests record with their commits (exactly representable as a double).
@@ -40,6 +52,14 @@ T0 = 1_700_000_000.25
 def doc(**fields):
     """The stored (CBOR) form of a document with *fields*."""
     return codec.encode(fields)
+
+
+def log_rows(entries):
+    """*entries* (log entries) as comparable tuples, the epoch included."""
+    return [
+        (e.partition, e.commit_id, e.epoch, e.timestamp, ChangeType(e.change_type), e.record_type, e.element_id, bytes(e.data))
+        for e in entries
+    ]
 
 
 async def failure_of(d, *types):
@@ -83,6 +103,22 @@ class _BackendFixtures:
 
     async def commit(self, backend, operations, timestamp=T0):
         return await backend.commit(operations, timestamp)
+
+    def entry(self, partition, commit_id, epoch, change, record_type, sequence, data=b"", timestamp=T0):
+        """A log entry as a primary would ship it: *sequence* is the element's sequence in
+        *partition*; a delete carries no data."""
+        element = self.id(partition, sequence)
+        return LogEntry(partition, commit_id, timestamp, change, record_type, element, data, epoch)
+
+    async def replicate(self, backend, units):
+        """Apply *units* and return ``[(accepted, PartitionState), ...]``, checking that the
+        state returned for each unit is a :class:`PartitionState` of its partition."""
+        results = await backend.replicate(units)
+        assert len(results) == len(units)
+        for unit, (accepted, state) in zip(units, results):
+            assert type(accepted) is bool
+            assert isinstance(state, PartitionState) and state.partition == unit.partition
+        return results
 
     def snapshot(self, backend, record_types, partitions):
         """Everything a reader can see of *record_types* and *partitions*, to compare before and
@@ -399,6 +435,352 @@ class StorageBackendContract(_BackendFixtures):
         state = backend.partition_state(3)
         state.last_commit_id = 1000
         assert backend.partition_state(3).last_commit_id == 1
+
+    # -- commits at a replication epoch -------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_commit_with_epochs_writes_at_the_partition_epoch(self, backend):
+        a, b, other = self.id(3, 1), self.id(3, 2), self.id(5, 1)
+        assert await backend.commit([Insert("t", a, doc(v=1))], T0, epochs={3: 0}) == [(a, 1)]
+        assert [(e.commit_id, e.epoch) for e in backend.read_log(3, 0, 10)] == [(1, 0)]
+        state = backend.partition_state(3)
+        assert (state.last_commit_id, state.last_epoch) == (1, 0)
+        before = self.snapshot(backend, ["t"], [3, 5])
+        # A partition followed at another epoch, or not named at all, writes nothing.
+        for epochs in ({3: 1}, {5: 0}, {}, {3: 0}):
+            unit = [Insert("t", b, doc(v=2)), Insert("t", other, doc(v=2))]
+            error = await failure_of(backend.commit(unit, T0, epochs=epochs), Unavailable)
+            assert isinstance(error, Unavailable)
+            assert self.snapshot(backend, ["t"], [3, 5]) == before
+        assert backend.get("t", b) is None and backend.get("t", other) is None
+
+        [(accepted, state)] = await self.replicate(backend, [Promise(3, 3)])
+        assert accepted and state.epoch == 3
+        # The old primary of epoch 0 is fenced off.
+        fenced = self.snapshot(backend, ["t"], [3, 5])
+        await failure_of(backend.commit([Update("t", a, doc(v=3))], T0, epochs={3: 0}), Unavailable)
+        assert self.snapshot(backend, ["t"], [3, 5]) == fenced
+        assert backend.get("t", a)[1] == 1
+        results = await backend.commit([Insert("t", b, doc(v=4)), Update("t", a, doc(v=5))], T0 + 1, epochs={3: 3})
+        assert results == [(b, 2), (a, 3)]
+        assert log_rows(backend.read_log(3, 0, 10)) == [
+            (3, 1, 0, T0, ChangeType.CREATE, "t", a, doc(v=1)),
+            (3, 2, 3, T0 + 1, ChangeType.CREATE, "t", b, doc(v=4)),
+            (3, 3, 3, T0 + 1, ChangeType.UPDATE, "t", a, doc(v=5)),
+        ]
+        state = backend.partition_state(3)
+        assert (state.epoch, state.last_commit_id, state.last_epoch, state.max_sequence) == (3, 3, 3, 2)
+        # A commit without epochs (no replication) writes at the epoch the partition follows.
+        assert await self.commit(backend, [Delete("t", b)]) == [(b, 4)]
+        assert [(e.commit_id, e.epoch) for e in backend.read_log(3, 3, 10)] == [(4, 3)]
+        assert backend.partition_state(5) == PartitionState(5)
+
+    # -- replication: promises --------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_promise_raises_the_epoch_and_an_older_one_is_refused(self, backend):
+        element = self.id(2, 4)
+        await self.commit(backend, [Insert("t", element, doc(v=1))])
+        [(accepted, state)] = await self.replicate(backend, [Promise(2, 5)])
+        assert accepted
+        assert state == PartitionState(2, last_commit_id=1, epoch=5, max_sequence=4)
+        assert backend.partition_state(2) == state
+        [(accepted, state)] = await self.replicate(backend, [Promise(2, 3)])
+        assert not accepted
+        assert state.epoch == 5 and backend.partition_state(2).epoch == 5
+        # The same epoch again is fine; units of one call are applied in order, each on its own.
+        results = await self.replicate(backend, [Promise(2, 5), Promise(2, 7), Promise(2, 6), Promise(9, 1)])
+        assert [(ok, s.epoch) for ok, s in results] == [(True, 5), (True, 7), (False, 7), (True, 1)]
+        assert backend.partition_state(2) == PartitionState(2, last_commit_id=1, epoch=7, max_sequence=4)
+        assert backend.partition_state(9) == PartitionState(9, epoch=1)
+        # A promise to lead also records the epoch as the one this copy follows.
+        [(accepted, state)] = await self.replicate(backend, [Promise(2, 8, lead=True)])
+        assert accepted and (state.epoch, state.followed) == (8, 8)
+        [(accepted, state)] = await self.replicate(backend, [Promise(2, 7, lead=True)])
+        assert not accepted and (state.epoch, state.followed) == (8, 8)
+        assert [(e.commit_id, e.epoch) for e in backend.read_log(2, 0, 10)] == [(1, 0)]
+        assert bytes(backend.get("t", element)[0]) == doc(v=1)
+
+    # -- replication: appends ---------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_append_applies_entries_from_the_start(self, backend):
+        a, b, c = self.id(4, 1), self.id(4, 2), self.id(4, 9)
+        entries = [
+            self.entry(4, 1, 1, ChangeType.CREATE, "user", 1, doc(name="ada")),
+            self.entry(4, 2, 1, ChangeType.CREATE, "item", 2, doc(n=1), timestamp=T0 + 1),
+            self.entry(4, 3, 1, ChangeType.UPDATE, "user", 1, doc(name="ada", v=2)),
+            self.entry(4, 4, 2, ChangeType.CREATE, "user", 9, doc(name="bob"), timestamp=T0 + 2),
+            self.entry(4, 5, 2, ChangeType.DELETE, "item", 2, timestamp=T0 + 3),
+        ]
+        [(accepted, state)] = await self.replicate(backend, [Append(4, 2, (0, 0), entries)])
+        assert accepted
+        assert (state.epoch, state.last_commit_id, state.last_epoch, state.max_sequence) == (2, 5, 2, 9)
+        assert (state.truncated, state.truncated_epoch, state.syncing, state.followed) == (0, 0, False, 2)
+        assert backend.partition_state(4) == state
+        assert state.position() == (2, 5)
+        assert [(bytes(d), v) for d, v in [backend.get("user", a), backend.get("user", c)]] == [
+            (doc(name="ada", v=2), 3),
+            (doc(name="bob"), 4),
+        ]
+        assert backend.get("item", b) is None
+        assert [i[0] for i in backend.scan("user", -1, 10)] == [a, c]
+        assert backend.scan("item", -1, 10) == []
+        assert log_rows(backend.read_log(4, 0, 100)) == log_rows(entries)
+        assert [e.epoch for e in backend.read_log(4, 0, 100)] == [1, 1, 1, 2, 2]
+
+        # Sent again (a retry), it is accepted and changes nothing.
+        before = self.snapshot(backend, ["user", "item"], [4])
+        [(accepted, again)] = await self.replicate(backend, [Append(4, 2, (0, 0), entries)])
+        assert accepted and again == state
+        assert self.snapshot(backend, ["user", "item"], [4]) == before
+        # So is a resend that overlaps the held entries and goes on past them.
+        more = [
+            *entries[2:],
+            self.entry(4, 6, 2, ChangeType.UPDATE, "user", 9, doc(name="bob", v=2)),
+            self.entry(4, 7, 2, ChangeType.CREATE, "item", 3, doc(n=3)),
+        ]
+        [(accepted, state)] = await self.replicate(backend, [Append(4, 2, (2, 1), more)])
+        assert accepted and (state.last_commit_id, state.last_epoch) == (7, 2)
+        assert log_rows(backend.read_log(4, 0, 100)) == log_rows(entries + more[3:])
+        assert backend.get("user", c)[1] == 6 and backend.get("item", self.id(4, 3))[1] == 7
+        # An append with no entries that continues the log (a heartbeat) is accepted.
+        [(accepted, state)] = await self.replicate(backend, [Append(4, 2, (7, 2), [])])
+        assert accepted and (state.last_commit_id, state.last_epoch) == (7, 2)
+        # Commits from here on (this copy made primary at epoch 3) go on from commit id 8.
+        await self.replicate(backend, [Promise(4, 3)])
+        assert await backend.commit([Delete("user", a)], T0, epochs={4: 3}) == [(a, 8)]
+        assert [(e.commit_id, e.epoch) for e in backend.read_log(4, 7, 10)] == [(8, 3)]
+
+    @pytest_twisted.ensureDeferred
+    async def test_an_append_that_does_not_continue_the_log_is_refused(self, backend):
+        held = [
+            self.entry(5, 1, 1, ChangeType.CREATE, "t", 1, doc(v=1)),
+            self.entry(5, 2, 1, ChangeType.CREATE, "t", 2, doc(v=2)),
+            self.entry(5, 3, 2, ChangeType.UPDATE, "t", 1, doc(v=3)),
+        ]
+        [(accepted, _state)] = await self.replicate(backend, [Append(5, 2, (0, 0), held)])
+        assert accepted
+        before = self.snapshot(backend, ["t"], [5])
+        assert (before[2][5].last_commit_id, before[2][5].last_epoch, before[2][5].epoch) == (3, 2, 2)
+        nxt = self.entry(5, 4, 2, ChangeType.CREATE, "t", 4, doc(v=4))
+        relabelled = self.entry(5, 2, 2, ChangeType.CREATE, "t", 2, doc(v=2))  # held at epoch 1
+        refused = {
+            # prev beyond the last entry held: a gap
+            "gap": Append(5, 2, (4, 2), [self.entry(5, 5, 2, ChangeType.CREATE, "t", 5, doc(v=5))]),
+            "gap-far": Append(5, 2, (10, 2), [self.entry(5, 11, 2, ChangeType.CREATE, "t", 5, doc(v=5))]),
+            # prev held, but at another epoch (at the last entry, and inside the log)
+            "prev-epoch-at-last": Append(5, 2, (3, 1), [nxt]),
+            "prev-epoch-inside": Append(5, 2, (2, 2), [self.entry(5, 3, 2, ChangeType.UPDATE, "t", 1, doc(v=3)), nxt]),
+            "prev-epoch-at-zero": Append(5, 2, (0, 1), held + [nxt]),
+            # entries held at the same commit id with another epoch
+            "overlap-other-epoch": Append(5, 2, (1, 1), [relabelled, held[2], nxt]),
+            # a batch that stops short of the log held here (this primary does not vouch for
+            # the entries past it), even though it matches as far as it goes
+            "short": Append(5, 2, (1, 1), [held[1]]),
+            "short-empty": Append(5, 2, (2, 1), []),
+            # from a primary of an older epoch than this copy follows
+            "older-epoch": Append(5, 1, (3, 2), [nxt]),
+        }
+        for name, unit in refused.items():
+            [(accepted, state)] = await self.replicate(backend, [unit])
+            assert not accepted, name
+            assert state == before[2][5], name
+            assert self.snapshot(backend, ["t"], [5]) == before, name
+        assert backend.get("t", self.id(5, 4)) is None
+        assert backend.get("t", self.id(5, 5)) is None
+        # The right continuation is still accepted.
+        [(accepted, state)] = await self.replicate(backend, [Append(5, 2, (3, 2), [nxt])])
+        assert accepted and (state.last_commit_id, state.last_epoch) == (4, 2)
+        assert log_rows(backend.read_log(5, 0, 10)) == log_rows(held + [nxt])
+
+    @pytest_twisted.ensureDeferred
+    async def test_append_truncates_the_log_it_no_longer_needs(self, backend):
+        entries = [
+            self.entry(6, 1, 1, ChangeType.CREATE, "t", 1, doc(v=1)),
+            self.entry(6, 2, 1, ChangeType.CREATE, "t", 2, doc(v=2)),
+            self.entry(6, 3, 2, ChangeType.UPDATE, "t", 1, doc(v=3)),
+            self.entry(6, 4, 2, ChangeType.DELETE, "t", 2),
+            self.entry(6, 5, 2, ChangeType.CREATE, "t", 3, doc(v=5)),
+        ]
+        await self.commit(backend, [Insert("t", self.id(7, 1), doc(other=1))])
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 2, (0, 0), entries, truncate=2)])
+        assert accepted
+        assert (state.last_commit_id, state.last_epoch, state.truncated, state.truncated_epoch) == (5, 2, 2, 1)
+        assert backend.partition_state(6) == state
+        assert [e.commit_id for e in backend.read_log(6, 0, 100)] == [3, 4, 5]
+        assert log_rows(backend.read_log(6, 0, 100)) == log_rows(entries[2:])
+        # Only the log is dropped: the elements stay.
+        assert [(i[0], bytes(i[1]), i[2]) for i in backend.scan("t", self.id(6, 0), 10)] == [
+            (self.id(6, 1), doc(v=3), 3),
+            (self.id(6, 3), doc(v=5), 5),
+            (self.id(7, 1), doc(other=1), 1),
+        ]
+        assert [e.commit_id for e in backend.read_log(7, 0, 10)] == [1]
+        # An append whose prev is the truncation point (its entry is gone) still continues
+        # the log; a smaller truncate changes nothing.
+        six = self.entry(6, 6, 2, ChangeType.UPDATE, "t", 3, doc(v=6))
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 2, (2, 1), entries[2:] + [six], truncate=1)])
+        assert accepted
+        assert (state.last_commit_id, state.last_epoch, state.truncated, state.truncated_epoch) == (6, 2, 2, 1)
+        assert [e.commit_id for e in backend.read_log(6, 0, 100)] == [3, 4, 5, 6]
+        # ... but not with another epoch at that point.
+        before = self.snapshot(backend, ["t"], [6])
+        [(accepted, _state)] = await self.replicate(backend, [Append(6, 2, (2, 2), entries[2:] + [six])])
+        assert not accepted
+        assert self.snapshot(backend, ["t"], [6]) == before
+        # truncate is bounded by the last entry held.
+        seven = self.entry(6, 7, 3, ChangeType.CREATE, "t", 8, doc(v=7))
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 3, (6, 2), [seven], truncate=100)])
+        assert accepted
+        assert (state.last_commit_id, state.last_epoch, state.truncated, state.truncated_epoch) == (7, 3, 7, 3)
+        assert backend.read_log(6, 0, 100) == []
+        eight = self.entry(6, 8, 3, ChangeType.UPDATE, "t", 8, doc(v=8))
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 3, (7, 3), [eight])])
+        assert accepted and (state.last_commit_id, state.last_epoch, state.truncated) == (8, 3, 7)
+        assert log_rows(backend.read_log(6, 0, 100)) == log_rows([eight])
+        assert backend.get("t", self.id(6, 8))[1] == 8
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_truncate_unit_drops_the_log_up_to_a_commit_id(self, backend):
+        a, b = self.id(8, 1), self.id(8, 2)
+        await self.commit(backend, [Insert("t", a, doc(v=1)), Insert("t", b, doc(v=2))])
+        await self.commit(backend, [Insert("t", self.id(9, 1), doc(v=0))])
+        await self.replicate(backend, [Promise(8, 3)])
+        await backend.commit([Update("t", a, doc(v=3)), Update("t", b, doc(v=4))], T0, epochs={8: 3})
+        [(accepted, state)] = await self.replicate(backend, [Truncate(8, 2)])
+        assert accepted
+        assert (state.last_commit_id, state.last_epoch, state.truncated, state.truncated_epoch) == (4, 3, 2, 0)
+        assert [(e.commit_id, e.epoch) for e in backend.read_log(8, 0, 10)] == [(3, 3), (4, 3)]
+        [(accepted, state)] = await self.replicate(backend, [Truncate(8, 3)])
+        assert accepted and (state.truncated, state.truncated_epoch) == (3, 3)
+        assert [e.commit_id for e in backend.read_log(8, 0, 10)] == [4]
+        # Truncating less than already truncated changes nothing.
+        [(accepted, state)] = await self.replicate(backend, [Truncate(8, 1)])
+        assert accepted and (state.truncated, state.truncated_epoch) == (3, 3)
+        assert [e.commit_id for e in backend.read_log(8, 0, 10)] == [4]
+        # upto is bounded by the last entry.
+        [(accepted, state)] = await self.replicate(backend, [Truncate(8, 1000)])
+        assert accepted
+        assert (state.last_commit_id, state.last_epoch, state.truncated, state.truncated_epoch) == (4, 3, 4, 3)
+        assert backend.partition_state(8) == state
+        assert backend.read_log(8, 0, 10) == []
+        # The elements and the other partitions stay; commit ids go on.
+        assert [(i[0], i[2]) for i in backend.scan("t", -1, 10)] == [(a, 3), (b, 4), (self.id(9, 1), 1)]
+        assert [e.commit_id for e in backend.read_log(9, 0, 10)] == [1]
+        assert await backend.commit([Delete("t", a)], T0, epochs={8: 3}) == [(a, 5)]
+        assert [(e.commit_id, e.epoch) for e in backend.read_log(8, 0, 10)] == [(5, 3)]
+
+    # -- replication: full resync -----------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_reset_and_load_replace_a_partition(self, backend):
+        mine = [self.id(6, 1), self.id(6, 2), self.id(6, 9)]
+        theirs = [self.id(5, 3), self.id(7, 1)]
+        await self.commit(backend, [Insert("user", mine[0], doc(v=1)), Insert("item", mine[1], doc(v=1))])
+        await self.commit(backend, [Insert("user", theirs[0], doc(v=1)), Insert("item", theirs[1], doc(v=1))])
+        await self.commit(backend, [Insert("item", mine[2], doc(v=2)), Update("user", mine[0], doc(v=2))])
+        def others():
+            """What a reader sees of partitions 5 and 7 (which a reset of 6 must not touch)."""
+            elements = {(t, e): backend.get(t, e) for t in ("user", "item") for e in theirs}
+            return elements, self.snapshot(backend, [], [5, 7])
+
+        untouched = others()
+        assert backend.partition_state(6).max_sequence == 9
+
+        [(accepted, state)] = await self.replicate(backend, [Reset(6, 3, T0 + 10)])
+        assert accepted
+        # The copy starts again at nothing (max_sequence is kept: ids are never reused).
+        assert state == PartitionState(6, mtime=T0 + 10, epoch=3, max_sequence=9, syncing=True)
+        assert backend.partition_state(6) == state
+        for element in mine:
+            assert backend.get("user", element) is None and backend.get("item", element) is None
+        assert backend.read_log(6, 0, 100) == []
+        assert others() == untouched
+        assert [i[0] for i in backend.scan("user", -1, 10)] == [theirs[0]]
+        assert [i[0] for i in backend.scan("item", -1, 10)] == [theirs[1]]
+
+        # While syncing, appends are refused and the copy takes no commits.
+        syncing = self.snapshot(backend, ["user", "item"], [6])
+        first = self.entry(6, 1, 3, ChangeType.CREATE, "user", 20, doc(v=0))
+        [(accepted, _state)] = await self.replicate(backend, [Append(6, 3, (0, 0), [first])])
+        assert not accepted
+        await failure_of(backend.commit([Insert("user", self.id(6, 21), doc(v=0))], T0, epochs={6: 3}), Unavailable)
+        assert self.snapshot(backend, ["user", "item"], [6]) == syncing
+
+        [(accepted, state)] = await self.replicate(
+            backend, [Load(6, 3, [("user", self.id(6, 1), doc(v=10), 4), ("item", self.id(6, 5), doc(v=11), 7)])]
+        )
+        assert accepted and state.syncing and state.last_commit_id == 0
+        assert backend.get("user", self.id(6, 1)) == (doc(v=10), 4)
+        assert backend.get("item", self.id(6, 5)) == (doc(v=11), 7)
+        results = await self.replicate(
+            backend,
+            [
+                Load(6, 2, [("user", self.id(6, 30), doc(v=0), 1)]),  # an older epoch
+                Load(6, 3, [("user", self.id(6, 12), doc(v=12), 8)], done=(8, 2)),
+            ],
+        )
+        assert [ok for ok, _state in results] == [False, True]
+        assert backend.get("user", self.id(6, 30)) is None
+        state = results[1][1]
+        assert state == PartitionState(
+            6,
+            mtime=T0 + 10,
+            last_commit_id=8,
+            epoch=3,
+            max_sequence=12,
+            last_epoch=2,
+            truncated=8,
+            truncated_epoch=2,
+            followed=3,
+        )
+        assert backend.partition_state(6) == state
+        assert [(i[0], bytes(i[1]), i[2]) for i in backend.scan("user", -1, 10)] == [
+            (theirs[0], doc(v=1), 1),
+            (self.id(6, 1), doc(v=10), 4),
+            (self.id(6, 12), doc(v=12), 8),
+        ]
+        assert [(i[0], bytes(i[1]), i[2]) for i in backend.scan("item", -1, 10)] == [
+            (self.id(6, 5), doc(v=11), 7),
+            (theirs[1], doc(v=1), 1),
+        ]
+        assert backend.read_log(6, 0, 100) == []
+
+        # Done: a Load is refused now, and the log goes on from the point the copy was made at.
+        loaded = self.snapshot(backend, ["user", "item"], [6])
+        [(accepted, _state)] = await self.replicate(backend, [Load(6, 3, [("user", self.id(6, 40), doc(v=0), 9)])])
+        assert not accepted
+        assert self.snapshot(backend, ["user", "item"], [6]) == loaded
+        nine = self.entry(6, 9, 3, ChangeType.UPDATE, "user", 1, doc(v=13))
+        [(accepted, _state)] = await self.replicate(backend, [Append(6, 3, (8, 3), [nine])])
+        assert not accepted, "prev must match the epoch given in done"
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 3, (8, 2), [nine])])
+        assert accepted and (state.last_commit_id, state.last_epoch, state.followed) == (9, 3, 3)
+        assert backend.get("user", self.id(6, 1)) == (doc(v=13), 9)
+        assert log_rows(backend.read_log(6, 0, 100)) == log_rows([nine])
+        assert await backend.commit([Delete("item", self.id(6, 5))], T0, epochs={6: 3}) == [(self.id(6, 5), 10)]
+        # A reset from an older epoch is refused.
+        before = self.snapshot(backend, ["user", "item"], [6])
+        [(accepted, _state)] = await self.replicate(backend, [Reset(6, 2, T0 + 20)])
+        assert not accepted
+        assert self.snapshot(backend, ["user", "item"], [6]) == before
+        assert others() == untouched
+
+    # -- record types -----------------------------------------------------------------------
+
+    @pytest_twisted.ensureDeferred
+    async def test_record_types_lists_the_types_written(self, backend):
+        assert backend.record_types() == []
+        await self.commit(backend, [Insert("user", self.id(0, 1), doc(v=1)), Insert("order", self.id(1, 1), doc(v=1))])
+        assert backend.record_types() == ["order", "user"]
+        await self.commit(backend, [Insert("user", self.id(0, 2), doc(v=2))])
+        assert backend.record_types() == ["order", "user"]
+        entry = self.entry(2, 1, 1, ChangeType.CREATE, "item", 1, doc(v=1))
+        await self.replicate(backend, [Append(2, 1, (0, 0), [entry])])
+        assert backend.record_types() == ["item", "order", "user"]
+        await self.replicate(backend, [Reset(3, 1, T0), Load(3, 1, [("basket", self.id(3, 1), doc(v=1), 1)], done=(1, 1))])
+        assert backend.record_types() == ["basket", "item", "order", "user"]
 
     # -- metadata and statistics ------------------------------------------------------------
 

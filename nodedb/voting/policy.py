@@ -27,6 +27,9 @@ class VotingSettings:
     min_free_bytes: int = 256 * 1024 * 1024
     #: Most partitions given new replicas in one round (so a join does not flood the log).
     assignments_per_round: int = 64
+    #: A primary unavailable this long (after the failure detector said so) is replaced by
+    #: the most complete of its replicas.
+    failover_after: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class HostView:
     free_bytes: int = 0
     cpu_rating: float = 1.0
     coordinate: Coordinate = Coordinate()
+    #: Partitions the host has a copy of, and those of them not caught up yet.
+    partitions: frozenset = frozenset()
+    syncing: frozenset = frozenset()
+
+    def in_sync(self, partition):
+        return self.available and partition in self.partitions and partition not in self.syncing
 
 
 def membership_decisions(state, views, now, settings):
@@ -66,13 +75,42 @@ def membership_decisions(state, views, now, settings):
             owner = live_addresses.get(view.address)
             if owner is None or owner == host_id:
                 decisions.append({"op": "accept", "host": host_id, "address": view.address, "at": now})
+    leading = {a.primary for a in state.assignments.values() if len(a.replicas) > 1}
     for host_id in sorted(state.members):
         view = views.get(host_id)
         if view is None or view.available or view.unavailable_since is None:
             continue
-        if now - view.unavailable_since >= settings.remove_after and len(state.members) > 1:
+        # A primary with replicas is failed over first (to its most complete replica); only
+        # then does it leave.
+        if now - view.unavailable_since >= settings.remove_after and len(state.members) > 1 and host_id not in leading:
             decisions.append({"op": "remove", "host": host_id, "at": now})
     return decisions, refusals
+
+
+def failover_partitions(state, views, now, settings, wanted=None):
+    """Partitions that need a new primary: theirs has been unavailable for
+    ``failover_after``, or it asked for an election (*wanted*: ``{partition: epoch}``)."""
+    wanted = wanted or {}
+    partitions = set()
+    for partition, assignment in state.assignments.items():
+        if assignment.primary is None or len(assignment.replicas) < 2 or assignment.epoch >= MAX_EPOCH:
+            continue
+        view = views.get(assignment.primary)
+        down = (
+            view is not None
+            and not view.available
+            and view.unavailable_since is not None
+            and now - view.unavailable_since >= settings.failover_after
+        )
+        if down or wanted.get(partition) == assignment.epoch:
+            partitions.add(partition)
+    return partitions
+
+
+def failover_assignment(assignment, chosen):
+    """The assignment after a failover to *chosen*: a new epoch, *chosen* first, the old
+    primary kept as a follower (it catches up, or is resynced, when it returns)."""
+    return Assignment((chosen, *[h for h in assignment.replicas if h != chosen]), assignment.epoch + 1)
 
 
 def _score(host_id, view, load, others):
@@ -117,13 +155,37 @@ def assignment_decision(state, views, settings):
         if len(changes) >= settings.assignments_per_round:
             break
     if not changes:
-        changes = _rebalance(state, candidates, settings)
+        changes = _drop_extra(state, views, target, load, settings)
+    if not changes:
+        changes = _rebalance(state, candidates, target, settings)
     return {"op": "assign", "map": changes} if changes else None
 
 
-def _rebalance(state, candidates, settings):
+def _drop_extra(state, views, target, load, settings):
+    """A partition with a replica more than it needs (one being moved) drops the busiest
+    follower, once every replica has caught up: redundancy never dips on a move."""
+    changes = {}
+    for partition in sorted(state.assignments):
+        assignment = state.assignments[partition]
+        if len(assignment.replicas) <= target:
+            continue
+        if not all(views.get(h) is not None and views[h].in_sync(partition) for h in assignment.replicas[1:]):
+            continue
+        leaving = max(assignment.replicas[1:], key=lambda h: (load.get(h, 0), h))
+        replicas = tuple(h for h in assignment.replicas if h != leaving)
+        changes[str(partition)] = Assignment(replicas, assignment.epoch).to_data()
+        load[leaving] = load.get(leaving, 0) - 1
+        if len(changes) >= settings.assignments_per_round:
+            break
+    return changes
+
+
+def _rebalance(state, candidates, target, settings):
     """Move follower replicas from the host with the most to the hosts with the fewest (a new
-    host gets its share); primaries stay where the data is until replication moves it."""
+    host gets its share): the new replica is added first, and the old one is dropped only
+    once the new one has caught up (:func:`_drop_extra`). Primaries move only by failover."""
+    if any(len(a.replicas) > target for a in state.assignments.values()):
+        return {}  # one move at a time
     assignments = dict(state.assignments)
     load = {h: 0 for h in candidates}
     for assignment in assignments.values():
@@ -148,8 +210,7 @@ def _rebalance(state, candidates, settings):
             break
         partition = movable[0]
         current = assignments[partition]
-        replicas = tuple(idlest if h == busiest else h for h in current.replicas)
-        assignments[partition] = Assignment(replicas, current.epoch)
+        assignments[partition] = Assignment((*current.replicas, idlest), current.epoch)
         changes[str(partition)] = assignments[partition].to_data()
         load[busiest] -= 1
         load[idlest] += 1

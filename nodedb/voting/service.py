@@ -49,6 +49,9 @@ class VotingService(Service):
     :param address_of: ``address_of(host_id)`` -> ``"host:port"`` or None (from the NI).
     :param views: ``views()`` -> ``{host_id: policy.HostView}``, the leader's picture.
     :param on_change: ``on_change(state)`` after committed decisions changed the state.
+    :param elect: ``elect({partition: (new_epoch, replicas)})`` -> Deferred of ``{partition:
+        host}``: fences the replicas and picks each partition's next primary (LogSync's
+        :meth:`~nodedb.logsync.service.LogSyncService.elect`); None: no failover.
     """
 
     _log = Logger()
@@ -65,8 +68,12 @@ class VotingService(Service):
         timing=VotingTiming(),
         settings=policy.VotingSettings(),
         on_change=None,
+        elect=None,
     ):
         self.clock = clock
+        self.elect = elect
+        self._electing = set()  # partitions whose election is under way
+        self._wanted = {}  # partition -> epoch whose primary asked for an election
         self.host_id = host_id
         self.transport = transport
         self.disk = RaftDisk(storage)
@@ -90,6 +97,7 @@ class VotingService(Service):
 
     def install(self, api):
         api.register("raft.message", self._serve_message)
+        api.register("voting.elect", self._serve_elect)
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -235,6 +243,7 @@ class VotingService(Service):
         for decision in decisions:
             self._log.info("proposing {op} of {host}", op=decision["op"], host=decision["host"])
             self.raft.propose(decision)
+        self._fail_over(views, now)
         if not decisions:
             assign = policy.assignment_decision(self.state, views, self.settings)
             if assign is not None:
@@ -254,6 +263,65 @@ class VotingService(Service):
             except (ChangeInProgress, ValueError):
                 pass
         self._process()
+
+    # -- failover ---------------------------------------------------------------------------
+
+    def request_election(self, partition, epoch):
+        """The primary of *partition* at *epoch* was fenced by an election that did not
+        finish: ask the leader to hold one (it keeps the primary if it is still the best)."""
+        if self.raft.state == LEADER:
+            self._wanted[partition] = epoch
+            return
+        address = self.address_of(self.raft.leader) if self.raft.leader else None
+        if address is not None:
+            d = self.transport.call(address, "voting.elect", {"parts": [[partition, epoch]]}, self.timing.tick * 10)
+            d.addErrback(lambda failure: None)  # asked again at the next refusal
+
+    def _serve_elect(self, request):
+        parts = request.get("parts")
+        if type(parts) is not list or not all(
+            type(p) is list and len(p) == 2 and all(type(i) is int and i >= 0 for i in p) for p in parts
+        ):
+            raise errors.InvalidRequest("voting.elect: parts is a list of [partition, epoch]")
+        if self.raft.state != LEADER:
+            raise errors.Unavailable("not the voting leader")
+        for partition, epoch in parts:
+            self._wanted[partition] = epoch
+        return None
+
+    def _fail_over(self, views, now):
+        if self.elect is None:
+            return
+        partitions = policy.failover_partitions(self.state, views, now, self.settings, self._wanted) - self._electing
+        if not partitions:
+            return
+        requests = {}
+        for partition in sorted(partitions):
+            assignment = self.state.assignments[partition]
+            requests[partition] = (assignment.epoch + 1, assignment.replicas)
+        self._log.info("failing over {count} partitions (first {first})", count=len(requests), first=min(requests))
+        self._electing |= set(requests)
+        d = self.elect(requests)
+        d.addCallback(self._elected, requests)
+        d.addErrback(lambda failure: self._log.failure("failover election failed", failure))
+        d.addBoth(lambda _: self._electing.difference_update(requests))
+
+    def _elected(self, chosen, requests):
+        if self.raft.state != LEADER:
+            return
+        changes = {}
+        for partition, host in chosen.items():
+            assignment = self.state.assignments.get(partition)
+            if assignment is None or assignment.epoch + 1 != requests[partition][0]:
+                continue  # the map moved on meanwhile
+            changes[str(partition)] = policy.failover_assignment(assignment, host).to_data()
+            self._wanted.pop(partition, None)
+        if changes:
+            try:
+                self.raft.propose({"op": "assign", "map": changes})
+            except NotLeader:
+                return
+            self._process()
 
     # -- IVoting ----------------------------------------------------------------------------
 

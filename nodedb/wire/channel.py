@@ -63,7 +63,7 @@ class Channel(Int32StringReceiver):
             self._log.warn("{peer} closed the connection in the middle of a frame ({count} bytes unread)", peer=self.peer, count=unread)
         pending, self._pending = self._pending, {}
         for d, _deadline in pending.values():
-            d.errback(errors.Unavailable(f"connection to {self.peer} lost"))
+            d.errback(errors.ConnectionLost(f"connection to {self.peer} lost"))
         if self.on_lost is not None:
             self.on_lost(reason)
 

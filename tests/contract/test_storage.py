@@ -1,18 +1,21 @@
 """The storage contract run against the backends nodedb ships, and what only LMDB promises."""
 
+import struct
 import threading
 
+import lmdb
 import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 
 from nodedb.errors import Conflict, Unavailable
-from nodedb.storage import SCHEMA_VERSION, Insert, Update
+from nodedb.storage import SCHEMA_VERSION, ChangeType, Delete, Insert, PartitionState, Update
 from nodedb.storage.lmdb import LMDBStorage
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, success_result_of
-from nodedb.testing.storage_contract import T0, DurableStorageContract, StorageBackendContract, doc, failure_of
+from nodedb.testing.storage_contract import T0, DurableStorageContract, StorageBackendContract, doc, failure_of, log_rows
+from nodedb.wire import codec
 
 MAP_SIZE = 64 * 1024 * 1024
 
@@ -91,6 +94,66 @@ class TestLMDBOnly:
         assert f"schema version {SCHEMA_VERSION + 1}" in str(error)
         assert newer.env is None
         failure_result_of(newer.commit([Insert("t", 1, doc(v=1))], T0), Unavailable)
+
+    def test_a_schema_version_1_store_is_upgraded(self, tmp_path):
+        """Version 1 log entries had no epoch (head ``>dBQB``) and partition states four
+        fields; opening such a store rewrites the log at epoch 0 and moves it to version 2."""
+        backend = self.make(tmp_path / "db")
+        success_result_of(backend.open())
+        layout = backend.layout
+        a, b, c = layout.make(1, 1), layout.make(1, 2), layout.make(2, 7)
+        success_result_of(backend.commit([Insert("user", a, doc(name="ada")), Insert("order", b, doc(n=1))], T0))
+        success_result_of(backend.commit([Insert("user", c, doc(name="bob")), Update("user", a, doc(name="ada", v=2))], T0 + 1))
+        success_result_of(backend.commit([Delete("order", b)], T0 + 2.5))
+        expected = {p: log_rows(backend.read_log(p, 0, 100)) for p in (1, 2)}
+        states = {p: backend.partition_state(p) for p in (1, 2)}
+        assert [row[2] for p in (1, 2) for row in expected[p]] == [0] * 5
+        success_result_of(backend.close())
+
+        # Write the store back as version 1 had it.
+        v2_head, v1_head, v1_state = struct.Struct(">dHBQB"), struct.Struct(">dBQB"), struct.Struct(">dQQQ")
+        env = lmdb.open(str(tmp_path / "db"), map_size=MAP_SIZE, max_dbs=8, subdir=True)
+        try:
+            meta, log = env.open_db(b"meta"), env.open_db(b"log")
+            with env.begin(write=True) as txn:
+                rewritten = 0
+                for key, value in list(txn.cursor(db=log)):
+                    timestamp, epoch, change_type, element_id, name_length = v2_head.unpack_from(value)
+                    assert epoch == 0
+                    old = v1_head.pack(timestamp, change_type, element_id, name_length) + value[v2_head.size :]
+                    assert len(old) == len(value) - 2
+                    txn.put(key, old, db=log)
+                    rewritten += 1
+                assert rewritten == 5
+                for p, state in states.items():
+                    old_state = v1_state.pack(state.mtime, state.last_commit_id, state.epoch, state.max_sequence)
+                    txn.put(b"p:" + struct.pack(">I", p), old_state, db=meta)
+                txn.put(b"m:schema_version", codec.encode(1), db=meta)
+        finally:
+            env.close()
+
+        for _round in range(2):  # the second open finds version 2 and leaves the log alone
+            reopened = self.make(tmp_path / "db")
+            success_result_of(reopened.open())
+            assert reopened.get_meta("schema_version") == SCHEMA_VERSION == 2
+            assert {p: log_rows(reopened.read_log(p, 0, 100)) for p in (1, 2)} == expected
+            assert [e.change_type for e in reopened.read_log(1, 0, 100)] == [
+                ChangeType.CREATE,
+                ChangeType.CREATE,
+                ChangeType.UPDATE,
+                ChangeType.DELETE,
+            ]
+            assert reopened.partition_state(1) == PartitionState(1, last_commit_id=4, max_sequence=2)
+            assert reopened.partition_state(2) == PartitionState(2, last_commit_id=1, max_sequence=7)
+            assert reopened.get("user", a) == (doc(name="ada", v=2), 3)
+            success_result_of(reopened.close())
+
+        # The upgraded store takes new commits, which go on from the old commit ids.
+        reopened = self.make(tmp_path / "db")
+        success_result_of(reopened.open())
+        assert success_result_of(reopened.commit([Update("user", c, doc(name="bob", v=2))], T0 + 3)) == [(c, 2)]
+        assert [(e.commit_id, e.epoch) for e in reopened.read_log(2, 0, 100)] == [(1, 0), (2, 0)]
+        success_result_of(reopened.close())
 
     def test_a_store_open_in_another_backend_is_refused_until_closed(self, tmp_path):
         first = self.make(tmp_path / "db")

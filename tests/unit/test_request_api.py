@@ -177,7 +177,7 @@ def test_missing_fields(api, channel, op, fields, match):
     "op, fields",
     [
         ("insert", {"type": "user", "doc": {}, "id2": 1}),
-        ("get", {"type": "user", "key": 1, "consistency": "replica"}),
+        ("get", {"type": "user", "key": 1, "stale": True}),
         ("update", {"type": "user", "key": 1, "doc": {}, "version": 1}),
         ("delete", {"type": "user", "key": 1, "doc": {}}),
         ("scan", {"type": "user", "order": "desc"}),
@@ -272,7 +272,7 @@ def test_requests_are_counted_by_outcome(api, channel, metrics, clock):
 
 def test_a_failure_that_is_no_nodedb_error_counts_as_internal(clock, metrics):
     class Broken:
-        def get(self, record_type, element_id):
+        def get(self, record_type, element_id, consistency=None):
             return defer.fail(RuntimeError("bug"))
 
     api = RequestAPI(Broken(), lambda: HELLO, clock, metrics)
@@ -286,7 +286,7 @@ def test_latency_is_measured_on_the_clock(clock, metrics):
     slow = defer.Deferred()
 
     class Slow:
-        def get(self, record_type, element_id):
+        def get(self, record_type, element_id, consistency=None):
             return slow
 
     api = RequestAPI(Slow(), lambda: HELLO, clock, metrics)

@@ -90,11 +90,38 @@ def test_a_long_gone_voter_is_replaced_by_a_healthy_learner():
     assert next_config({"a", "b"}, {"c", "d"}, state, down, 12.0, SETTINGS, "a") == ({"a", "b", "d"}, {"c"})
 
 
+def synced_views(state, *hosts, syncing=()):
+    """Views in which every host has caught up on its copies, except *syncing* hosts."""
+    return {
+        h: HostView(
+            h,
+            f"{h}:1",
+            "c1",
+            True,
+            None,
+            10**12,
+            partitions=frozenset(state.replica_partitions(h)),
+            syncing=frozenset(state.replica_partitions(h)) if h in syncing else frozenset(),
+        )
+        for h in hosts
+    }
+
+
 def test_followers_are_rebalanced_onto_a_new_host_but_primaries_stay():
     state = cluster(("a", "b", "c"), partitions=8)
     state.apply(assignment_decision(state, views("a", "b", "c"), SETTINGS))
     state.apply({"op": "accept", "host": "d", "address": "d:1", "at": 1.0})
-    state.apply(assignment_decision(state, views("a", "b", "c", "d"), SETTINGS))
+    # The new host gets extra copies first; while it is still syncing nothing is dropped.
+    state.apply(assignment_decision(state, synced_views(state, "a", "b", "c", "d"), SETTINGS))
+    moving = [p for p, a in state.assignments.items() if len(a.replicas) == 4]
+    assert moving and all(state.assignments[p].replicas[-1] == "d" for p in moving)
+    assert assignment_decision(state, synced_views(state, "a", "b", "c", "d", syncing=("d",)), SETTINGS) is None
+    for _ in range(10):
+        decision = assignment_decision(state, synced_views(state, "a", "b", "c", "d"), SETTINGS)
+        if decision is None:
+            break
+        state.apply(decision)
+        assert all(len(a.replicas) >= 3 for a in state.assignments.values())
     followers = {h: 0 for h in "bcd"}
     for assignment in state.assignments.values():
         assert assignment.primary == "a"

@@ -1,0 +1,719 @@
+"""LogSync: ships each partition's commit log from its primary to its followers.
+
+On the primary, every local commit is followed by a wait until a majority of the partition's
+replica set has the entries durably (:meth:`LogSyncService.acknowledge`); reads wait for a
+read barrier (:meth:`LogSyncService.read_barrier`: a majority confirmed, after the read
+arrived, that no newer epoch exists, and everything the primary holds is committed). Entries
+travel in one ``logsync.append`` message per follower host at a time, carrying every
+partition that host follows, so a busy pair of hosts batches naturally. A follower whose log
+diverged, or is behind what the primary still keeps, gets a full resync in pages.
+
+Failover support: ``logsync.promise`` fences replicas at a new epoch and reports how complete
+each copy is; :meth:`LogSyncService.elect` runs it for the Voting leader.
+
+The rules a follower applies are in :func:`nodedb.storage.apply.apply_replication`; the
+primary's bookkeeping is the pure :class:`nodedb.logsync.state.PrimaryProgress`.
+"""
+
+import bisect
+import itertools
+from dataclasses import dataclass
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nodedb import errors
+from nodedb.ids import check_element_id
+from nodedb.interfaces import ILogSync
+from nodedb.logsync.state import PrimaryProgress, answers_needed, choose_primary
+from nodedb.storage import Append, LogEntry, Load, Promise, Reset, Truncate
+from nodedb.storage.apply import epoch_at
+from nodedb.wire import codec
+
+
+@dataclass(frozen=True)
+class LogSyncTiming:
+    """Replication settings; documented in docs/replication.md."""
+
+    #: Seconds between probes of idle followers (they carry the truncation point and keep
+    #: read barriers and lagging followers moving).
+    heartbeat: float = 0.25
+    #: Seconds a replication message may take.
+    call_timeout: float = 5.0
+    #: Seconds a write waits for a majority before it fails with Timeout (outcome unknown).
+    write_timeout: float = 10.0
+    #: Seconds a read waits for its barrier before it fails with Unavailable.
+    read_timeout: float = 10.0
+    #: Most entries per partition, and bytes in all, of one message.
+    batch_entries: int = 2048
+    batch_bytes: int = 1024 * 1024
+    #: Elements per page of a full resync.
+    resync_page: int = 1000
+    #: Seconds between log truncations; the log keeps at most this many entries even when a
+    #: replica lags (that replica then gets a full resync).
+    truncate_every: float = 5.0
+    max_log_entries: int = 1_000_000
+
+
+class _Primary:
+    """This host's role as primary of one partition at one epoch."""
+
+    def __init__(self, partition, epoch, followers):
+        self.partition = partition
+        self.epoch = epoch
+        self.followers = tuple(followers)
+        self.progress = None  # a PrimaryProgress once the lead promise is durable
+        self.fenced = False
+        self.writes = []  # sorted [(commit_id, serial, deadline, Deferred)]
+        self.reads = []  # [(sent, last, deadline, Deferred)]
+
+    @property
+    def ready(self):
+        return self.progress is not None and not self.fenced
+
+
+class _Link:
+    """The stream of append messages to one follower host."""
+
+    def __init__(self, host):
+        self.host = host
+        self.sequence = 0  # of the last message sent
+        self.in_flight = False
+        self.force = True  # send even if there is nothing new (a probe)
+
+
+def _int(value, name):
+    if type(value) is not int or value < 0 or value >= 1 << 64:
+        raise errors.InvalidRequest(f"logsync: {name} must be a non-negative integer")
+    return value
+
+
+def _entry(partition, value):
+    if type(value) is not list or len(value) != 7:
+        raise errors.InvalidRequest("logsync: malformed log entry")
+    commit_id, epoch, timestamp, change, record_type, element_id, data = value
+    _int(commit_id, "commit id")
+    _int(epoch, "epoch")
+    codec.check_type_name(record_type)
+    check_element_id(element_id)
+    if type(timestamp) not in (int, float) or change not in (0, 1, 2) or type(data) is not bytes:
+        raise errors.InvalidRequest("logsync: malformed log entry")
+    return LogEntry.from_wire(partition, value)
+
+
+def _element(value):
+    if type(value) is not list or len(value) != 4:
+        raise errors.InvalidRequest("logsync: malformed element")
+    record_type, element_id, data, version = value
+    codec.check_type_name(record_type)
+    check_element_id(element_id)
+    _int(version, "version")
+    if type(data) is not bytes:
+        raise errors.InvalidRequest("logsync: malformed element")
+    return (record_type, element_id, data, version)
+
+
+def _pair(value, name):
+    if type(value) is not list or len(value) != 2:
+        raise errors.InvalidRequest(f"logsync: {name} is [commit id, epoch]")
+    return (_int(value[0], name), _int(value[1], name))
+
+
+def parse_part(part, max_partition):
+    """The storage units of one part of a ``logsync.append`` message (checked field by
+    field: a peer's bytes never reach storage unchecked)."""
+    if type(part) is not dict:
+        raise errors.InvalidRequest("logsync: a part is a map")
+    partition = _int(part.get("p"), "partition")
+    if partition >= max_partition:
+        raise errors.InvalidRequest("logsync: no such partition")
+    epoch = _int(part.get("e"), "epoch")
+    units = []
+    if "reset" in part:
+        mtime = part["reset"]
+        if type(mtime) not in (int, float):
+            raise errors.InvalidRequest("logsync: reset is a time")
+        units.append(Reset(partition, epoch, float(mtime)))
+    if "load" in part:
+        elements = part["load"]
+        if type(elements) is not list:
+            raise errors.InvalidRequest("logsync: load is a list")
+        done = part.get("done")
+        units.append(Load(partition, epoch, [_element(e) for e in elements], None if done is None else _pair(done, "done")))
+    if "prev" in part:
+        entries = part.get("entries", [])
+        if type(entries) is not list:
+            raise errors.InvalidRequest("logsync: entries is a list")
+        truncate = _int(part.get("trunc", 0), "trunc")
+        units.append(Append(partition, epoch, _pair(part["prev"], "prev"), [_entry(partition, e) for e in entries], truncate))
+    if not units:
+        raise errors.InvalidRequest("logsync: a part carries prev, reset or load")
+    return partition, units
+
+
+@implementer(ILogSync)
+class LogSyncService(Service):
+    """
+    :param clock: an ``IReactorTime``.
+    :param host_id: this host's id.
+    :param storage: the :class:`~nodedb.interfaces.IStorageBackend`.
+    :param transport: the :class:`~nodedb.interfaces.IPeerTransport`.
+    :param address_of: ``address_of(host_id)`` -> ``"host:port"`` or None.
+    :param on_fenced: ``on_fenced(partition, epoch)`` when a replica refused this host as
+        primary because it promised a newer epoch (an election started and did not finish).
+    :param on_syncing: ``on_syncing(partitions)`` when the set of partitions this host
+        follows but has not caught up on changes (it announces them ``inactive``).
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock, host_id, storage, transport, address_of, timing=None, on_fenced=None, on_syncing=None):
+        self.clock = clock
+        self.host_id = host_id
+        self.storage = storage
+        self.transport = transport
+        self.address_of = address_of
+        self.timing = timing or LogSyncTiming()
+        self.on_fenced = on_fenced
+        self.on_syncing = on_syncing
+        self._announced = None  # the syncing partitions last reported
+        self.partitions = 1 << storage.layout.partition_bits
+        self._primaries = {}  # partition -> _Primary
+        self._following = {}  # partition -> epoch of the assignment this host follows
+        self._caught_up = set()  # followed partitions whose copy reached the primary's end
+        self._links = {}  # follower host -> _Link
+        self._serial = itertools.count()
+        self._pumping = None
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = clock
+        self._truncation = LoopingCall(self._truncate)
+        self._truncation.clock = clock
+
+    def install(self, api):
+        api.register("logsync.append", self._serve_append)
+        api.register("logsync.promise", self._serve_promise)
+
+    def startService(self):
+        super().startService()
+        self._heartbeat.start(self.timing.heartbeat, now=False)
+        self._truncation.start(self.timing.truncate_every, now=False)
+
+    def stopService(self):
+        super().stopService()
+        for loop in (self._heartbeat, self._truncation):
+            if loop.running:
+                loop.stop()
+        for partition in list(self._primaries):
+            self._step_down(partition, errors.Unavailable("the node is stopping"))
+
+    # -- roles ------------------------------------------------------------------------------
+
+    def update(self, state):
+        """The agreed partition map changed: take up, keep or leave each role."""
+        wanted = {}
+        following = {}
+        for partition, assignment in state.assignments.items():
+            if assignment.primary == self.host_id:
+                wanted[partition] = assignment
+            elif self.host_id in assignment.replicas:
+                following[partition] = assignment.epoch
+        for partition in list(self._primaries):
+            assignment = wanted.get(partition)
+            if assignment is None or assignment.epoch != self._primaries[partition].epoch:
+                self._step_down(partition, errors.Timeout("the partition's primary changed before the write was "
+                                                          "acknowledged; it may or may not be applied"))
+        for partition in list(self._caught_up):
+            if following.get(partition) != self._following.get(partition):
+                self._caught_up.discard(partition)
+        self._following = following
+        self._note_syncing()
+        new = []
+        for partition, assignment in wanted.items():
+            primary = self._primaries.get(partition)
+            if primary is None:
+                primary = self._primaries[partition] = _Primary(partition, assignment.epoch, assignment.replicas[1:])
+                new.append(primary)
+            elif primary.followers != assignment.replicas[1:]:
+                self._change_followers(primary, assignment.replicas[1:])
+        if new:
+            units = [Promise(p.partition, p.epoch, lead=True) for p in new]
+            self.storage.replicate(units).addCallbacks(self._led, self._storage_failed, (new,))
+        self._schedule_pump()
+
+    def _led(self, results, primaries):
+        for primary, (accepted, state) in zip(primaries, results):
+            if self._primaries.get(primary.partition) is not primary:
+                continue
+            if not accepted:
+                self._fenced(primary)
+                continue
+            primary.progress = PrimaryProgress(primary.partition, primary.epoch, primary.followers, state.last_commit_id)
+            self._log.debug("primary of partition {p} at epoch {e}", p=primary.partition, e=primary.epoch)
+        self._schedule_pump()
+
+    def _change_followers(self, primary, followers):
+        primary.followers = tuple(followers)
+        if primary.progress is None:
+            return
+        old = primary.progress
+        progress = PrimaryProgress(primary.partition, primary.epoch, primary.followers, old.last)
+        for host in primary.followers:
+            if host in old.progress:
+                progress.progress[host] = old.progress[host]
+        primary.progress = progress
+        self._check(primary)
+
+    def _step_down(self, partition, write_error):
+        primary = self._primaries.pop(partition)
+        for *_, d in primary.writes:
+            d.errback(write_error)
+        for *_, d in primary.reads:
+            d.errback(errors.Unavailable(f"partition {partition} changes primary; try again"))
+
+    def _fenced(self, primary):
+        if primary.fenced:
+            return
+        primary.fenced = True
+        self._log.info("partition {p}: a replica promised a newer epoch than {e}; this host stops taking writes",
+                       p=primary.partition, e=primary.epoch)
+        if self.on_fenced is not None:
+            self.on_fenced(primary.partition, primary.epoch)
+
+    def _storage_failed(self, failure):
+        self._log.failure("replication could not write to storage", failure)
+
+    # -- what the query layer asks ----------------------------------------------------------
+
+    def _ready(self, partition):
+        primary = self._primaries.get(partition)
+        if primary is None or not primary.ready:
+            raise errors.Unavailable(f"this host is not the primary of partition {partition} now")
+        return primary
+
+    def is_primary(self, partition):
+        primary = self._primaries.get(partition)
+        return primary is not None and primary.ready
+
+    def epochs(self, partitions):
+        """``{partition: epoch}`` to commit with; :raise Unavailable: if this host is not
+        the ready primary of one of them (nothing was applied: safe to retry)."""
+        return {p: self._ready(p).epoch for p in partitions}
+
+    def acknowledge(self, results):
+        """The local commit of ``[(element_id, version), ...]`` is durable.
+
+        :return: None if a majority already has it (a replica set of one), else a Deferred
+            that fires once a majority of each partition's replica set has it.
+        """
+        newest = {}
+        layout = self.storage.layout
+        for element_id, version in results:
+            partition = layout.partition_of(element_id)
+            newest[partition] = max(newest.get(partition, 0), version)
+        waits = []
+        deadline = self.clock.seconds() + self.timing.write_timeout
+        for partition, commit_id in newest.items():
+            primary = self._primaries.get(partition)
+            if primary is None or primary.progress is None:
+                return defer.fail(errors.Timeout(f"partition {partition} changed primary during the write; "
+                                                 "it may or may not be applied"))
+            primary.progress.appended(commit_id)
+            if primary.progress.committed() >= commit_id:
+                continue
+            d = defer.Deferred()
+            bisect.insort(primary.writes, (commit_id, next(self._serial), deadline, d))
+            waits.append(d)
+        if not waits:
+            return None
+        self._schedule_pump()
+        return waits[0] if len(waits) == 1 else defer.gatherResults(waits, consumeErrors=True).addErrback(_first_error)
+
+    def read_barrier(self, partitions):
+        """:return: None if *partitions* can be read locally now, else a Deferred that fires
+        once they can (linearizably).
+
+        :raise Unavailable: if this host is not their ready primary.
+        """
+        waits = []
+        deadline = self.clock.seconds() + self.timing.read_timeout
+        for partition in partitions:
+            primary = self._ready(partition)
+            progress = primary.progress
+            if not progress.progress:
+                continue  # a replica set of one
+            sent = {}
+            for host in progress.progress:
+                link = self._link(host)
+                sent[host] = link.sequence
+                link.force = True
+            d = defer.Deferred()
+            primary.reads.append((sent, progress.last, deadline, d))
+            waits.append(d)
+        if not waits:
+            return None
+        self._schedule_pump()
+        return waits[0] if len(waits) == 1 else defer.gatherResults(waits, consumeErrors=True).addErrback(_first_error)
+
+    def _check(self, primary):
+        """Fire the writes and reads of *primary* that its progress now allows."""
+        progress = primary.progress
+        committed = progress.committed()
+        while primary.writes and primary.writes[0][0] <= committed:
+            primary.writes.pop(0)[-1].callback(None)
+        if primary.reads:
+            waiting = []
+            for read in primary.reads:
+                sent, last, _deadline, d = read
+                if last <= committed and progress.confirmed_since(sent):
+                    d.callback(None)
+                else:
+                    waiting.append(read)
+            primary.reads = waiting
+
+    # -- shipping ---------------------------------------------------------------------------
+
+    def _link(self, host):
+        link = self._links.get(host)
+        if link is None:
+            link = self._links[host] = _Link(host)
+        return link
+
+    def _schedule_pump(self):
+        if self._pumping is None and self.running:
+            self._pumping = self.clock.callLater(0, self._pump)
+
+    def _pump(self):
+        self._pumping = None
+        by_host = {}
+        for primary in self._primaries.values():
+            if primary.ready:
+                for host in primary.progress.progress:
+                    by_host.setdefault(host, []).append(primary)
+        for host, primaries in by_host.items():
+            link = self._link(host)
+            if not link.in_flight:
+                self._send(link, primaries)
+
+    def _send(self, link, primaries):
+        parts, sent, size = [], [], 0
+        for primary in primaries:
+            state = primary.progress.progress[link.host]
+            if state.resync is None and state.next > primary.progress.last and not link.force:
+                continue
+            part, kind, part_size = self._part(primary, link.host, state)
+            if part is None:
+                continue
+            parts.append(part)
+            sent.append((primary, kind))
+            size += part_size
+            if size >= self.timing.batch_bytes:
+                break
+        if not parts:
+            return
+        address = self.address_of(link.host)
+        if address is None:
+            return
+        link.force = False
+        link.in_flight = True
+        link.sequence += 1
+        sequence = link.sequence
+        d = self.transport.call(address, "logsync.append", {"parts": parts}, self.timing.call_timeout)
+        d.addCallbacks(self._replied, self._lost, (link, sequence, sent), None, (link, sent))
+
+    def _part(self, primary, host, state):
+        """One part for *host*: a page of its resync, or the entries after its ``next``."""
+        partition = primary.partition
+        stored = self.storage.partition_state(partition)
+        if state.resync is None:
+            prev = state.next - 1
+            prev_epoch = epoch_at(stored, prev, self._log_epoch)
+            if prev_epoch is None:
+                self._start_resync(primary, host)
+        if state.resync is not None:
+            return self._resync_part(primary, state.resync)
+        entries = []
+        if state.next <= primary.progress.last:
+            entries = self.storage.read_log(partition, prev, self.timing.batch_entries)
+        part = {
+            "p": partition,
+            "e": primary.epoch,
+            "prev": [prev, prev_epoch],
+            "entries": [entry.to_wire() for entry in entries],
+            "trunc": primary.progress.fully_replicated(),
+            "last": primary.progress.last,
+        }
+        return part, "append", 64 + sum(len(entry.data) + 48 for entry in entries)
+
+    def _resync_part(self, primary, resync):
+        partition = primary.partition
+        layout = self.storage.layout
+        part = {"p": partition, "e": primary.epoch}
+        if not resync.reset_sent:
+            part["reset"] = self.clock.seconds()
+            resync.reset_sent = True
+        elements, size = [], 0
+        while resync.type_index < len(resync.types) and len(elements) < self.timing.resync_page:
+            record_type = resync.types[resync.type_index]
+            after = max(resync.after, layout.first_id(partition) - 1)
+            wanted = self.timing.resync_page - len(elements)
+            batch = self.storage.scan(record_type, after, wanted)
+            inside = [item for item in batch if item[0] <= layout.last_id(partition)]
+            for element_id, data, version in inside:
+                elements.append([record_type, element_id, data, version])
+                size += len(data) + 32
+            if inside:
+                resync.after = inside[-1][0]
+            if len(inside) < len(batch) or len(batch) < wanted:
+                resync.type_index += 1
+                resync.after = -1
+            if size >= self.timing.batch_bytes // 2:
+                break
+        part["load"] = elements
+        resync.copied += len(elements)
+        if resync.type_index >= len(resync.types):
+            part["done"] = [resync.base, resync.base_epoch]
+            resync.done_sent = True
+        return part, "resync", size + 64
+
+    def _start_resync(self, primary, host):
+        stored = self.storage.partition_state(primary.partition)
+        primary.progress.appended(stored.last_commit_id)
+        self._log.info("partition {p}: follower {host} gets a full resync as of commit {base}",
+                       p=primary.partition, host=host, base=stored.last_commit_id)
+        primary.progress.start_resync(host, stored.last_commit_id, stored.last_epoch, self.storage.record_types())
+
+    def _log_epoch(self, partition, commit_id):
+        entries = self.storage.read_log(partition, commit_id - 1, 1)
+        return entries[0].epoch if entries and entries[0].commit_id == commit_id else None
+
+    def _replied(self, reply, link, sequence, sent):
+        link.in_flight = False
+        answers = reply.get("parts") if type(reply) is dict else None
+        if type(answers) is not list or len(answers) != len(sent):
+            self._log.warn("malformed logsync.append reply from {host}", host=link.host)
+            self._schedule_pump()
+            return
+        for (primary, kind), answer in zip(sent, answers):
+            if self._primaries.get(primary.partition) is not primary or not primary.ready:
+                continue
+            try:
+                accepted, last, last_epoch, epoch, syncing = answer
+            except (TypeError, ValueError):
+                continue
+            self._answer(primary, link.host, kind, sequence, bool(accepted), last, last_epoch, epoch, bool(syncing))
+        self._schedule_pump()
+
+    def _answer(self, primary, host, kind, sequence, accepted, last, last_epoch, epoch, syncing):
+        progress = primary.progress
+        state = progress.progress.get(host)
+        if state is None:
+            return
+        if type(epoch) is int and epoch > primary.epoch:
+            self._fenced(primary)
+            return
+        if kind == "resync":
+            if accepted and state.resync is not None:
+                if state.resync.done_sent:
+                    progress.resynced(host)
+                    self._log.info("partition {p}: full resync of {host} done", p=primary.partition, host=host)
+                else:
+                    state.resync.checkpoint()
+                progress.accepted(host, last, sequence)
+            elif not accepted:
+                self._start_resync(primary, host)  # start over from a fresh reset
+        elif accepted:
+            progress.accepted(host, last, sequence)
+        elif syncing:
+            self._start_resync(primary, host)  # an interrupted resync: start it again
+        elif type(last) is int and type(last_epoch) is int:
+            if progress.position(host, last, last_epoch, lambda c: self._epoch_at(primary.partition, c)):
+                self._start_resync(primary, host)  # diverged
+        self._check(primary)
+
+    def _epoch_at(self, partition, commit_id):
+        return epoch_at(self.storage.partition_state(partition), commit_id, self._log_epoch)
+
+    def _lost(self, failure, link, sent):
+        link.in_flight = False
+        for primary, kind in sent:
+            state = primary.progress.progress.get(link.host) if primary.progress else None
+            if kind == "resync" and state is not None and state.resync is not None:
+                state.resync.rewind()
+        # Sent again at the next heartbeat, not at once: the follower may be down.
+
+    def _beat(self):
+        now = self.clock.seconds()
+        for link in self._links.values():
+            link.force = True
+        for primary in self._primaries.values():
+            for queue, error in (
+                (primary.writes, errors.Timeout("not acknowledged by a majority of the replicas in time; "
+                                                "the write may or may not be applied")),
+                (primary.reads, errors.Unavailable("the partition's replicas did not confirm the read in time")),
+            ):
+                late = [item for item in queue if item[2] <= now]
+                if late:
+                    queue[:] = [item for item in queue if item[2] > now]
+                    for *_, d in late:
+                        d.errback(error)
+        self._schedule_pump()
+
+    def _truncate(self):
+        units = []
+        for primary in self._primaries.values():
+            if not primary.ready:
+                continue
+            stored = self.storage.partition_state(primary.partition)
+            upto = max(primary.progress.fully_replicated(), primary.progress.last - self.timing.max_log_entries)
+            if upto > stored.truncated:
+                units.append(Truncate(primary.partition, upto))
+        if units:
+            self.storage.replicate(units).addErrback(self._storage_failed)
+
+    # -- the follower's side ----------------------------------------------------------------
+
+    def _serve_append(self, request):
+        parts = request.get("parts")
+        if type(parts) is not list or not parts:
+            raise errors.InvalidRequest("logsync.append: parts is a non-empty list")
+        parsed = [parse_part(part, self.partitions) for part in parts]
+        units = [unit for _partition, part_units in parsed for unit in part_units]
+        d = self.storage.replicate(units)
+        d.addCallback(self._appended, parts, parsed)
+        return d
+
+    def _appended(self, results, parts, parsed):
+        answers = []
+        index = 0
+        for part, (partition, part_units) in zip(parts, parsed):
+            outcomes = results[index : index + len(part_units)]
+            index += len(part_units)
+            accepted = all(ok for ok, _state in outcomes)
+            state = outcomes[-1][1]
+            primary_last = part.get("last")
+            if accepted and not state.syncing and type(primary_last) is int and state.last_commit_id >= primary_last:
+                self._caught_up.add(partition)
+            elif not accepted or state.syncing:
+                self._caught_up.discard(partition)
+            answers.append([accepted, state.last_commit_id, state.last_epoch, state.epoch, state.syncing])
+        self._note_syncing()
+        return {"parts": answers}
+
+    def _serve_promise(self, request):
+        parts = request.get("parts")
+        if type(parts) is not list or not parts:
+            raise errors.InvalidRequest("logsync.promise: parts is a non-empty list")
+        units = []
+        for part in parts:
+            partition, epoch = _pair(part, "a promise")
+            if partition >= self.partitions:
+                raise errors.InvalidRequest("logsync.promise: no such partition")
+            units.append(Promise(partition, epoch))
+        return self.storage.replicate(units).addCallback(self._promised)
+
+    def _promised(self, results):
+        answers = []
+        for accepted, state in results:
+            primary = self._primaries.get(state.partition)
+            if primary is not None and state.epoch > primary.epoch:
+                self._fenced(primary)
+            answers.append([accepted, state.followed, state.last_commit_id, state.syncing])
+        return {"parts": answers}
+
+    def syncing(self):
+        """The partitions this host follows whose copy is not caught up (``inactive``)."""
+        return sorted(p for p in self._following if p not in self._caught_up)
+
+    def _note_syncing(self):
+        syncing = self.syncing()
+        if syncing != self._announced:
+            self._announced = syncing
+            if self.on_syncing is not None:
+                self.on_syncing(syncing)
+
+    # -- failover ---------------------------------------------------------------------------
+
+    def elect(self, requests):
+        """Fence the replicas of each partition at a new epoch and pick its next primary.
+
+        :param requests: ``{partition: (new_epoch, replicas)}``.
+        :return: a Deferred that fires with ``{partition: host}`` for the partitions where
+            enough replicas answered (see :func:`nodedb.logsync.state.answers_needed`).
+        """
+        by_host = {}
+        for partition, (epoch, replicas) in requests.items():
+            for host in replicas:
+                by_host.setdefault(host, []).append([partition, epoch])
+        calls, hosts = [], []
+        for host, parts in sorted(by_host.items()):
+            if host == self.host_id:
+                d = defer.maybeDeferred(self._serve_promise, {"parts": parts})
+            else:
+                address = self.address_of(host)
+                if address is None:
+                    continue
+                d = self.transport.call(address, "logsync.promise", {"parts": parts}, self.timing.call_timeout)
+            calls.append(d)
+            hosts.append((host, parts))
+        d = defer.DeferredList(calls, consumeErrors=True)
+        d.addCallback(self._tally, hosts, requests)
+        return d
+
+    def _tally(self, outcomes, hosts, requests):
+        answers = {partition: {} for partition in requests}
+        for (ok, reply), (host, parts) in zip(outcomes, hosts):
+            if not ok or type(reply) is not dict or type(reply.get("parts")) is not list:
+                continue
+            for (partition, _epoch), answer in zip(parts, reply["parts"]):
+                if type(answer) is list and len(answer) == 4 and answer[0] is True:
+                    answers[partition][host] = (answer[1], answer[2], bool(answer[3]))
+        chosen = {}
+        for partition, (_epoch, replicas) in requests.items():
+            if len(answers[partition]) >= answers_needed(len(replicas)):
+                host = choose_primary(answers[partition])
+                if host is not None:
+                    chosen[partition] = host
+        return chosen
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self):
+        primaries = {}
+        for partition, primary in sorted(self._primaries.items()):
+            entry = {"epoch": primary.epoch, "ready": primary.ready, "fenced": primary.fenced}
+            if primary.progress is not None:
+                progress = primary.progress
+                entry.update(
+                    last=progress.last,
+                    committed=progress.committed(),
+                    followers={
+                        host: {
+                            "match": state.match,
+                            "resync": None
+                            if state.resync is None
+                            else {"base": state.resync.base, "copied": state.resync.copied},
+                        }
+                        for host, state in progress.progress.items()
+                    },
+                )
+            primaries[str(partition)] = entry
+        return {
+            "primary": primaries,
+            "following": len(self._following),
+            "inactive": self.syncing(),
+            "resyncs": sum(
+                1
+                for primary in self._primaries.values()
+                if primary.progress is not None
+                for state in primary.progress.progress.values()
+                if state.resync is not None
+            ),
+        }
+
+
+def _first_error(failure):
+    failure.trap(defer.FirstError)
+    return failure.value.subFailure
