@@ -17,14 +17,18 @@
 
 Every method returns a Deferred. Failures are :class:`nodedb.errors.NodeDBError` subclasses.
 The client keeps one connection up, to the first reachable of the addresses it was given, and
-moves to the next address by itself when that one goes away. Reads that fail because the
-connection dropped are retried on the next connection; writes are not (they may have been
-applied), and fail with :class:`~nodedb.errors.Unavailable`.
+moves to the next address by itself when that one goes away. A request that certainly was not
+applied (the node answered Unavailable, as it does for a partition that is changing primary,
+or the request never left) is retried with backoff until its timeout; reads are also retried
+when the connection dropped under them. A write whose connection dropped while it was in
+flight is not retried (it may have been applied) and fails with
+:class:`~nodedb.errors.Unavailable`; a write the cluster could not confirm in time fails with
+:class:`~nodedb.errors.Timeout` (it may or may not be applied).
 """
 
 from dataclasses import dataclass
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from nodedb import errors
 from nodedb.wire import codec
@@ -33,6 +37,9 @@ from nodedb.wire.connection import PersistentConnection, tcp_endpoints
 
 DEFAULT_TIMEOUT = 10.0
 CLIENT_NAME = "nodedb-python"
+#: First and longest pause between two tries of a request that was not applied.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,26 +75,38 @@ class Client:
                 codec.check_document(document)
             except errors.InvalidRequest as e:
                 return defer.fail(e)
-        d = self._connection.call(op, arguments, self.timeout)
-        if idempotent:
-            d.addErrback(self._retry_read, op, arguments, self._connection.clock.seconds() + self.timeout)
+        deadline = self._connection.clock.seconds() + self.timeout
+        return self._try(op, arguments, idempotent, deadline, RETRY_FIRST)
+
+    def _try(self, op, arguments, idempotent, deadline, pause):
+        # Every try gets what is left of the request's timeout, not a new one.
+        remaining = deadline - self._connection.clock.seconds()
+        d = self._connection.call(op, arguments, remaining)
+        d.addErrback(self._retry, op, arguments, idempotent, deadline, pause)
         return d
 
-    def _retry_read(self, failure, op, arguments, deadline):
+    def _retry(self, failure, op, arguments, idempotent, deadline, pause):
         failure.trap(errors.Unavailable)
-        # The retry gets what is left of the request's timeout, not a second one.
-        remaining = deadline - self._connection.clock.seconds()
-        if remaining <= 0:
+        if not idempotent and failure.check(errors.ConnectionLost):
+            return failure  # a write that may have been applied
+        clock = self._connection.clock
+        if clock.seconds() + pause >= deadline:
             return failure
-        return self._connection.call(op, arguments, remaining)
+        return task.deferLater(clock, pause, self._try, op, arguments, idempotent, deadline, min(pause * 2, RETRY_MAX))
 
     def insert(self, record_type, doc, near=None):
         """:return: a Deferred that fires with the new element's id."""
         return self._call("insert", _without_none(type=record_type, doc=doc, near=near), document=doc)
 
-    def get(self, record_type, element_id):
-        """:return: a Deferred that fires with ``(doc, version)``, or fails with NotFound."""
-        d = self._call("get", {"type": record_type, "key": element_id}, idempotent=True)
+    def get(self, record_type, element_id, consistency=None):
+        """:return: a Deferred that fires with ``(doc, version)``, or fails with NotFound.
+
+        :param consistency: None (linearizable: the partition's primary answers once a
+            majority confirmed it still leads) or ``"replica"`` (the nearest caught-up replica
+            answers from its copy, which may be a little stale).
+        """
+        arguments = _without_none(type=record_type, key=element_id, consistency=consistency)
+        d = self._call("get", arguments, idempotent=True)
         return d.addCallback(tuple)
 
     def update(self, record_type, element_id, doc, if_version=None):

@@ -627,6 +627,7 @@ def make_node(
     gossip_timing=None,
     cpu_rating=None,
     voting_timing=None,
+    logsync_timing=None,
 ):
     """Build (but do not start) the node that *config* describes.
 
@@ -645,5 +646,14 @@ def make_node(
 
         storage = find_storage_plugin(config.storage).make_backend(config.data_dir, config, reactor)
     return NodeService(
-        config, reactor, storage, NodeMetrics(), transport_factory, rng, gossip_timing, cpu_rating, voting_timing
+        config,
+        reactor,
+        storage,
+        NodeMetrics(),
+        transport_factory,
+        rng,
+        gossip_timing,
+        cpu_rating,
+        voting_timing,
+        logsync_timing,
     )

@@ -207,7 +207,8 @@ class LogSyncService(Service):
             if loop.running:
                 loop.stop()
         for partition in list(self._primaries):
-            self._step_down(partition, errors.Unavailable("the node is stopping"))
+            self._step_down(partition, errors.Timeout("the node stopped before the write was acknowledged; "
+                                                      "it may or may not be applied"))
 
     # -- roles ------------------------------------------------------------------------------
 
@@ -429,7 +430,7 @@ class LogSyncService(Service):
         stored = self.storage.partition_state(partition)
         if state.resync is None:
             prev = state.next - 1
-            prev_epoch = epoch_at(stored, prev, self._log_epoch)
+            prev_epoch = self._epoch_at(partition, prev, stored)
             if prev_epoch is None:
                 self._start_resync(primary, host)
         if state.resync is not None:
@@ -533,8 +534,13 @@ class LogSyncService(Service):
                 self._start_resync(primary, host)  # diverged
         self._check(primary)
 
-    def _epoch_at(self, partition, commit_id):
-        return epoch_at(self.storage.partition_state(partition), commit_id, self._log_epoch)
+    def _epoch_at(self, partition, commit_id, stored=None):
+        """The epoch of our entry *commit_id*, or None when our log no longer reaches back
+        there (a follower that stands there needs a full resync)."""
+        stored = stored or self.storage.partition_state(partition)
+        if commit_id < stored.truncated:
+            return None
+        return epoch_at(stored, commit_id, self._log_epoch)
 
     def _lost(self, failure, link, sent):
         link.in_flight = False

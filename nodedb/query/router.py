@@ -115,13 +115,10 @@ class Router:
             while last + 1 < count and self._primary_of(last + 1) == host:
                 last += 1
             until = self.layout.last_id(last)
-            request = _request(
-                "scan", type=record_type, where=where, limit=limit - len(items), cursor=encode_cursor(after), until=until
-            )
+            cursor = encode_cursor(after) if after >= 0 else None
+            request = _request("scan", type=record_type, where=where, limit=limit - len(items), cursor=cursor, until=until)
             if host == self.host_id:
-                page = await defer.maybeDeferred(
-                    self.local.scan, record_type, where, limit - len(items), encode_cursor(after), until
-                )
+                page = await defer.maybeDeferred(self.local.scan, record_type, where, limit - len(items), cursor, until)
             else:
                 page = await self._forward(host, request)
             items.extend(page["items"])

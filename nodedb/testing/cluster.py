@@ -16,11 +16,14 @@ import random
 
 from twisted.logger import Logger
 
+from nodedb.client import Client
 from nodedb.config import NodeConfig
 from nodedb.gossip.service import GossipTiming
 from nodedb.node import make_node
 from nodedb.storage.memory import MemoryStorage, MemoryStore
 from nodedb.testing.simulation import SimNetwork, replay_hint
+from nodedb.wire.channel import hello_request
+from nodedb.wire.connection import PersistentConnection
 from nodedb.wire.transport import PeerTransport
 
 
@@ -51,7 +54,15 @@ class SimCluster:
     _log = Logger()
 
     def __init__(
-        self, seed, heartbeat_interval=1.0, timing=GossipTiming(), faults=None, remove_after=600.0, voting_timing=None
+        self,
+        seed,
+        heartbeat_interval=1.0,
+        timing=GossipTiming(),
+        faults=None,
+        remove_after=600.0,
+        voting_timing=None,
+        replicas=3,
+        logsync_timing=None,
     ):
         self.seed = seed
         self.network = SimNetwork(seed)
@@ -63,7 +74,10 @@ class SimCluster:
         self.timing = timing
         self.remove_after = remove_after
         self.voting_timing = voting_timing
+        self.replicas = replicas
+        self.logsync_timing = logsync_timing
         self.hosts = []
+        self._clients = 0
 
     def __repr__(self):
         return f"<SimCluster {replay_hint(self.seed)}>"
@@ -106,6 +120,7 @@ class SimCluster:
             seeds=list(seeds),
             admin=None,
             remove_after=self.remove_after,
+            replicas=self.replicas,
         )
         host.node = make_node(
             config,
@@ -116,6 +131,7 @@ class SimCluster:
             gossip_timing=self.timing,
             cpu_rating=1.0,
             voting_timing=self.voting_timing,
+            logsync_timing=self.logsync_timing,
         )
         host.node.startService()
 
@@ -137,6 +153,19 @@ class SimCluster:
             seeds = [h.address for h in self.hosts if h is not host and h.up][:3]
         self._boot(host, seeds)
 
+    def client(self, hosts=None, timeout=10.0):
+        """A :class:`nodedb.client.Client` on the simulated network, connected to *hosts*
+        (every host by default, tried in turn) from an address of its own."""
+        self._clients += 1
+        source = f"10.{self._clients // 250}.{self._clients % 250}.1:5000"
+        targets = hosts if hosts is not None else self.hosts
+        named = [(h.address, self.network.client_endpoint(source, h.address)) for h in targets]
+        connection = PersistentConnection(
+            self.clock, named, hello_request("client", client="simulated"), rng=random.Random(self.rng.random())
+        )
+        connection.start()
+        return Client(connection, timeout)
+
     # -- observing --------------------------------------------------------------------------
 
     def leader(self):
@@ -151,6 +180,27 @@ class SimCluster:
 
     def live(self):
         return [h for h in self.hosts if h.up and h.node.gossip is not None]
+
+    def replicated(self):
+        """Every live host agrees on the partition map, every partition has its full replica
+        set of live hosts, each caught up with its primary (same last commit id)."""
+        if not self.agreed():
+            return False
+        live = {h.node.identity["host_id"]: h for h in self.live()}
+        state = self.live()[0].node.voting.state
+        target = min(state.replicas, len(state.members))
+        for partition, assignment in state.assignments.items():
+            if len(assignment.replicas) != target or not all(r in live for r in assignment.replicas):
+                return False
+            primary = live[assignment.primary].node
+            if not primary.logsync.is_primary(partition):
+                return False
+            last = primary.storage.partition_state(partition).last_commit_id
+            for replica in assignment.replicas[1:]:
+                copy = live[replica].node.storage.partition_state(partition)
+                if copy.syncing or copy.last_commit_id != last or partition in live[replica].node.logsync.syncing():
+                    return False
+        return True
 
     def converged(self):
         """Every live host knows every host, with the same NI checksum."""

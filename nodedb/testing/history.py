@@ -57,7 +57,7 @@ def lost_writes(history, final):
             if op.kind != "write" or op.ok is not True:
                 continue
             later = [o for o in ops if o is not op and o.kind in ("write", "delete") and o.ok is not False and o.end > op.start]
-            possible = {op.value} | {o.value if o.kind == "write" else ABSENT for o in later}
+            possible = [op.value] + [o.value if o.kind == "write" else ABSENT for o in later]
             if _freeze(final.get(key, ABSENT)) not in {_freeze(v) for v in possible}:
                 lost.append(op)
     return lost
