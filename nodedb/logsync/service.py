@@ -642,10 +642,12 @@ class LogSyncService(Service):
 
     # -- failover ---------------------------------------------------------------------------
 
-    def elect(self, requests):
+    def elect(self, requests, skip=()):
         """Fence the replicas of each partition at a new epoch and pick its next primary.
 
         :param requests: ``{partition: (new_epoch, replicas)}``.
+        :param skip: hosts not to ask (known to be down: waiting for them would only delay
+            the answer).
         :return: a Deferred that fires with ``{partition: host}`` for the partitions where
             enough replicas answered (see :func:`nodedb.logsync.state.answers_needed`).
         """
@@ -655,6 +657,8 @@ class LogSyncService(Service):
                 by_host.setdefault(host, []).append([partition, epoch])
         calls, hosts = [], []
         for host, parts in sorted(by_host.items()):
+            if host in skip:
+                continue
             if host == self.host_id:
                 d = defer.maybeDeferred(self._serve_promise, {"parts": parts})
             else:

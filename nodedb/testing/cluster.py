@@ -181,6 +181,16 @@ class SimCluster:
     def live(self):
         return [h for h in self.hosts if h.up and h.node.gossip is not None]
 
+    def settled(self):
+        """:meth:`replicated`, and Voting has all the voters it will have (so that losing
+        one leaves a quorum)."""
+        leader = self.leader()
+        if leader is None or not self.replicated():
+            return False
+        members = len(leader.node.voting.state.members)
+        wanted = min(5, members) if min(5, members) % 2 else min(5, members) - 1
+        return len(leader.node.voting.raft.config.voters) == wanted
+
     def replicated(self):
         """Every live host agrees on the partition map, every partition has its full replica
         set of live hosts, each caught up with its primary (same last commit id)."""

@@ -29,7 +29,7 @@ class VotingSettings:
     assignments_per_round: int = 64
     #: A primary unavailable this long (after the failure detector said so) is replaced by
     #: the most complete of its replicas.
-    failover_after: float = 1.0
+    failover_after: float = 0.5
 
 
 @dataclass(frozen=True)

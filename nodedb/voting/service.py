@@ -301,7 +301,8 @@ class VotingService(Service):
             requests[partition] = (assignment.epoch + 1, assignment.replicas)
         self._log.info("failing over {count} partitions (first {first})", count=len(requests), first=min(requests))
         self._electing |= set(requests)
-        d = self.elect(requests)
+        down = {host for host, view in views.items() if not view.available}
+        d = self.elect(requests, down)
         d.addCallback(self._elected, requests)
         d.addErrback(lambda failure: self._log.failure("failover election failed", failure))
         d.addBoth(lambda _: self._electing.difference_update(requests))
