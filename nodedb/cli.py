@@ -158,6 +158,13 @@ def build_parser():
     get = command("get", help="print a document as JSON")
     get.add_argument("type")
     get.add_argument("id", type=_element_id)
+    get.add_argument(
+        "--consistency",
+        choices=("linearizable", "replica"),
+        default="linearizable",
+        help="linearizable (default: the partition's primary answers) or replica (the nearest "
+        "caught-up copy answers; it may be a little stale)",
+    )
 
     update = command("update", help="replace a document; prints its new version")
     update.add_argument("type")
@@ -240,7 +247,8 @@ async def _insert(client, args):
 
 
 async def _get(client, args):
-    doc, version = await client.get(args.type, args.id)
+    consistency = None if args.consistency == "linearizable" else args.consistency
+    doc, version = await client.get(args.type, args.id, consistency=consistency)
     _print(_dumps({"_id": args.id, "_version": version, **doc} if args.json else doc))
 
 
@@ -274,14 +282,19 @@ async def _scan(client, args):
             return
 
 
+def _ranges_text(ranges):
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
+
+
 async def _status(client, args):
     status = await client.status()
     if args.json:
         _print(_dumps(status))
         return
-    rows = [("ID", "ADDRESS", "STATUS", "PARTITIONS", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES")]
+    rows = [("ID", "ADDRESS", "STATUS", "PARTITIONS", "INACTIVE", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES")]
     for host in status["hosts"]:
-        ranges = ",".join(f"{a}-{b}" if a != b else str(a) for a, b in host["partitions"])
+        ranges = _ranges_text(host["partitions"])
+        inactive = _ranges_text(host.get("inactive", []))
         available = host.get("available", True)
         distance = host.get("distance_ms")
         coordinate = host.get("coordinate")
@@ -291,6 +304,7 @@ async def _status(client, args):
                 host["address"],
                 host["status"],
                 ranges or "-",
+                inactive or "-",
                 f"{host['unreliability']:.2f}",
                 "yes" if available else "no",
                 "-" if distance is None else f"{distance:.1f}ms",

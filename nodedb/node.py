@@ -7,7 +7,7 @@ import time
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -194,6 +194,8 @@ class NodeService(MultiService):
         self.gossip.setServiceParent(self)
         self._start_logsync()
         self._start_voting()
+        if self.identity["held"]:
+            await self._leading()
         self._start_admin()
         self._log.info(
             "node {host_id} (generation {generation}) of cluster {cluster_id} ready at {address} "
@@ -223,6 +225,18 @@ class NodeService(MultiService):
         self.local.replication = self.logsync
         self.logsync.setName("logsync")
         self.logsync.setServiceParent(self)
+
+    async def _leading(self, timeout=10.0):
+        """Wait (at most *timeout* seconds) until the partitions the agreed map gives this
+        host are ready to take writes, so that a node reported ready serves at once."""
+        deadline = self.reactor.seconds() + timeout
+        while self.reactor.seconds() < deadline:
+            state = self.voting.state
+            if state.cluster_id is not None and all(
+                self.logsync.is_primary(p) for p in state.primary_partitions(self.identity["host_id"])
+            ):
+                return
+            await task.deferLater(self.reactor, 0.02, lambda: None)
 
     def _fenced(self, partition, epoch):
         if self.voting is not None:
@@ -554,6 +568,7 @@ class NodeService(MultiService):
             "generation": entry.generation,
             "updated": entry.updated,
             "partitions": partition_ranges(entry.partitions),
+            "inactive": partition_ranges(entry.syncing),
             "ranges": [list(r) for r in entry.ranges],
             "partition_count": len(entry.partitions),
             "free_bytes": entry.free_bytes,

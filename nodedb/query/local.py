@@ -7,7 +7,7 @@ the data is once requests are routed between hosts.
 from twisted.internet import defer
 from zope.interface import implementer
 
-from nodedb.errors import InvalidRequest, NodeDBError, NotFound
+from nodedb.errors import Conflict, InvalidRequest, NodeDBError, NotFound
 from nodedb.interfaces import IQuery
 from nodedb.query.cursor import decode_cursor, encode_cursor
 from nodedb.query.filters import compile_where
@@ -67,7 +67,18 @@ class LocalQuery:
         except NodeDBError as e:
             return defer.fail(e)
         d = self.storage.commit(operations, self.clock.seconds(), epochs)
-        return d.addCallback(self._acknowledged)
+        return d.addCallbacks(self._acknowledged, self._refused, errbackArgs=(tuple(epochs),))
+
+    def _refused(self, failure, partitions):
+        """A NotFound or Conflict observed local state that may include writes not yet
+        acknowledged: answer only once those are committed (as a read would), so that the
+        refusal never reports a state a failover could undo."""
+        failure.trap(NotFound, Conflict)
+        try:
+            barrier = self.replication.read_barrier(partitions)
+        except NodeDBError:
+            return failure
+        return failure if barrier is None else barrier.addBoth(lambda _: failure)
 
     def _acknowledged(self, results):
         waiting = self.replication.acknowledge(results)

@@ -152,7 +152,9 @@ class Workload:
 
 class FaultSchedule:
     """Seeded faults over a run: crash and restart the busiest primary, cut a host off,
-    pause one, with message loss, duplication and reordering throughout."""
+    pause one, with message loss and reordering throughout (no duplication: peers talk over TCP,
+    which never delivers a request twice; retries, the real source of repeats, are the
+    client's and the router's business)."""
 
     def __init__(self, cluster, rng, kinds=("crash", "partition", "pause")):
         self.cluster = cluster

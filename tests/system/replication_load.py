@@ -6,7 +6,7 @@
 
 It opens one client per address (each client starts with its own address and fails over to
 the others, so the load reaches every node) and issues about RATE operations a second, at
-most IN_FLIGHT at a time: inserts of new elements, updates of elements it inserted (never two
+most IN_FLIGHT at a time (each client its share of them): inserts of new elements, updates of elements it inserted (never two
 writes of one element in flight at once, so each element's writes are a sequence), and gets of
 any element it inserted. It stops when STOP_FILE exists or after DURATION seconds, waits for
 what is in flight, and exits 0.
@@ -67,6 +67,7 @@ class Load:
         self.next_n = 0
         self.elements = []  # [{"id", "n", "c", "busy"}] of acknowledged inserts
         self.in_flight = 0
+        self.busy = [0] * len(clients)  # requests in flight per client
         self.credit = 0.0
         self.stopping = False
         self.done = defer.Deferred()
@@ -81,7 +82,12 @@ class Load:
         self.output.flush()
 
     def client(self):
-        return self.clients[self.rng.randrange(len(self.clients))]
+        """A client with room for one more request, or None: each has its share of IN_FLIGHT,
+        so that a client whose node froze (its requests hang until they time out) does not
+        starve the others."""
+        share = -(-self.args.in_flight // len(self.clients))
+        free = [i for i, busy in enumerate(self.busy) if busy < share]
+        return self.rng.choice(free) if free else None
 
     def tick(self):
         now = time.monotonic()
@@ -97,21 +103,26 @@ class Load:
             self.issue()
 
     def issue(self):
+        via = self.client()
+        if via is None:
+            return
         idle = [e for e in self.elements if not e["busy"]] if self.elements else []
         roll = self.rng.random()
         if not idle or roll < self.args.inserts:
-            self.insert()
+            self.insert(via)
         elif roll < self.args.inserts + (1 - self.args.inserts) / 2:
-            self.update(self.rng.choice(idle))
+            self.update(via, self.rng.choice(idle))
         else:
-            self.get(self.rng.choice(self.elements))
+            self.get(via, self.rng.choice(self.elements))
 
-    def launch(self, d, finished):
+    def launch(self, via, d, finished):
         self.in_flight += 1
+        self.busy[via] += 1
         start = time.monotonic()
 
         def settle(result):
             self.in_flight -= 1
+            self.busy[via] -= 1
             if self.stopping and self.in_flight == 0 and not self.done.called:
                 self.done.callback(None)
             return result
@@ -124,7 +135,7 @@ class Load:
         self.record(op="crash", error=failure.getTraceback())
         self.count("crash")
 
-    def insert(self):
+    def insert(self, via):
         n = self.next_n
         self.next_n += 1
         doc = document(self.args.tag, n, 0)
@@ -141,9 +152,9 @@ class Load:
             self.count("insert ok")
             return None
 
-        self.launch(self.client().insert(self.args.type, doc), finished)
+        self.launch(via, self.clients[via].insert(self.args.type, doc), finished)
 
-    def update(self, element):
+    def update(self, via, element):
         element["busy"] = True
         element["c"] += 1  # every write of an element writes a new value, acknowledged or not
         doc = document(self.args.tag, element["n"], element["c"])
@@ -160,9 +171,9 @@ class Load:
             self.count("update ok")
             return None
 
-        self.launch(self.client().update(self.args.type, element["id"], doc), finished)
+        self.launch(via, self.clients[via].update(self.args.type, element["id"], doc), finished)
 
-    def get(self, element):
+    def get(self, via, element):
         def finished(result, start):
             end = time.monotonic()
             if isinstance(result, Failure):
@@ -180,7 +191,7 @@ class Load:
             self.count("get ok")
             return None
 
-        self.launch(self.client().get(self.args.type, element["id"]), finished)
+        self.launch(via, self.clients[via].get(self.args.type, element["id"]), finished)
 
     def start(self):
         self.deadline = time.monotonic() + self.args.duration

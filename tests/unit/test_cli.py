@@ -169,9 +169,9 @@ async def test_data_commands(node_address, capsys, tmp_path):
     assert await run(node_address, "status") == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == [
-        "ID", "ADDRESS", "STATUS", "PARTITIONS", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES"
+        "ID", "ADDRESS", "STATUS", "PARTITIONS", "INACTIVE", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES"
     ]
-    assert table[1].split() == ["abc", "127.0.0.1:1", "write", "0-1", "0.00", "yes", "-", "-"]
+    assert table[1].split() == ["abc", "127.0.0.1:1", "write", "0-1", "-", "0.00", "yes", "-", "-"]
 
 
 @pytest_twisted.ensureDeferred
