@@ -46,7 +46,7 @@ class IStorageBackend(Interface):
         :return: a Deferred that fires once everything is released.
         """
 
-    def commit(operations, timestamp):
+    def commit(operations, timestamp, epochs=None):
         """Apply *operations* atomically: all of them or none.
 
         :param operations: a sequence of :class:`nodedb.storage.Insert`,
@@ -58,9 +58,26 @@ class IStorageBackend(Interface):
             is the commit id of the delete), or fails with
             :class:`~nodedb.errors.Conflict` (an ``if_version`` did not match, or an insert's
             id exists), :class:`~nodedb.errors.NotFound` (update or delete of a missing
-            element) or :class:`~nodedb.errors.Unavailable` (the store is full or closed);
-            on failure nothing was applied.
+            element) or :class:`~nodedb.errors.Unavailable` (the store is full or closed,
+            or a partition is not at the epoch *epochs* names); on failure nothing was
+            applied.
+        :param epochs: None, or ``{partition: epoch}``: then every partition written must
+            be one of these and be followed at exactly that epoch, not under a full resync
+            (the primary of a partition writes only while it still leads it).
         """
+
+    def replicate(units):
+        """Apply replication units, each on its own, in one durable transaction:
+        :class:`nodedb.storage.Promise`, :class:`~nodedb.storage.Append`,
+        :class:`~nodedb.storage.Reset`, :class:`~nodedb.storage.Load`,
+        :class:`~nodedb.storage.Truncate` (their rules: :func:`nodedb.storage.apply.apply_replication`).
+
+        :return: a Deferred that fires with ``[(accepted, PartitionState), ...]`` per unit.
+        """
+
+    def record_types():
+        """:return: the sorted names of the record types the store has (a full resync copies
+            each of them)."""
 
     def get(record_type, element_id):
         """The stored element.
@@ -196,19 +213,42 @@ class IVoting(Interface):
 
 
 class ILogSync(Interface):
-    """Ships each partition's commit log from its primary to the replicas."""
+    """Ships each partition's commit log from its primary to the replicas (docs/replication.md)."""
 
-    def replicate(partition, entries):
-        """Stream *entries* to the partition's followers.
+    def update(state):
+        """The agreed partition map (a :class:`nodedb.voting.state.ClusterState`) changed:
+        take up, keep or leave the primary and follower roles it gives this host."""
 
-        :return: a Deferred that fires once a majority of the replica set has them durable.
+    def epochs(partitions):
+        """:return: ``{partition: epoch}`` to commit local writes with.
+
+        :raise nodedb.errors.Unavailable: if this host is not the ready primary of one of
+            *partitions* (nothing was applied; the client may retry).
         """
 
-    def catch_up(partition):
-        """Bring the local copy of *partition* up to date (from the log, or by full resync).
+    def acknowledge(results):
+        """A local commit of ``[(element_id, version), ...]`` is durable here.
 
-        :return: a Deferred that fires when the local copy is current.
+        :return: None if a majority of every partition's replica set has it already, else a
+            Deferred that fires once it does, or fails with Timeout (outcome unknown).
         """
+
+    def read_barrier(partitions):
+        """Called after reading *partitions* locally.
+
+        :return: None if the read may be answered now, else a Deferred that fires once it may
+            (linearizably), or fails with Unavailable.
+        """
+
+    def elect(requests, skip=()):
+        """Fence replicas at new epochs and pick new primaries (for the Voting leader).
+
+        :param requests: ``{partition: (new_epoch, replicas)}``.
+        :return: a Deferred of ``{partition: host}``.
+        """
+
+    def syncing():
+        """:return: the partitions this host follows but has not caught up on."""
 
 
 class IReliability(Interface):
@@ -237,8 +277,11 @@ class IQuery(Interface):
     def insert(record_type, doc, near=None):
         """:return: a Deferred that fires with the new element's id."""
 
-    def get(record_type, element_id):
-        """:return: a Deferred (or value) with ``[doc, version]``; fails with NotFound."""
+    def get(record_type, element_id, consistency=None):
+        """:return: a Deferred (or value) with ``[doc, version]``; fails with NotFound.
+
+        :param consistency: None (linearizable) or ``"replica"`` (the nearest caught-up
+            copy, possibly stale)."""
 
     def update(record_type, element_id, doc, if_version=None):
         """:return: a Deferred that fires with the new version."""

@@ -56,6 +56,9 @@ class LogSyncTiming:
     #: replica lags (that replica then gets a full resync).
     truncate_every: float = 5.0
     max_log_entries: int = 1_000_000
+    #: A copy of a partition this host is no longer a replica of is dropped after this many
+    #: seconds (the delay rides out a partition map that is still being replayed at restart).
+    drop_after: float = 60.0
 
 
 class _Primary:
@@ -66,6 +69,7 @@ class _Primary:
         self.epoch = epoch
         self.followers = tuple(followers)
         self.progress = None  # a PrimaryProgress once the lead promise is durable
+        self.start = 0  # our last commit id when we took up the epoch
         self.fenced = False
         self.writes = []  # sorted [(commit_id, serial, deadline, Deferred)]
         self.reads = []  # [(sent, last, deadline, Deferred)]
@@ -148,7 +152,9 @@ def parse_part(part, max_partition):
         if type(entries) is not list:
             raise errors.InvalidRequest("logsync: entries is a list")
         truncate = _int(part.get("trunc", 0), "trunc")
-        units.append(Append(partition, epoch, _pair(part["prev"], "prev"), [_entry(partition, e) for e in entries], truncate))
+        start = _int(part.get("start", 0), "start")
+        entries = [_entry(partition, e) for e in entries]
+        units.append(Append(partition, epoch, _pair(part["prev"], "prev"), entries, truncate, start))
     if not units:
         raise errors.InvalidRequest("logsync: a part carries prev, reset or load")
     return partition, units
@@ -180,6 +186,9 @@ class LogSyncService(Service):
         self.on_fenced = on_fenced
         self.on_syncing = on_syncing
         self._announced = None  # the syncing partitions last reported
+        self._copies = None  # partitions this store may hold data of
+        self._held = set()  # partitions the agreed map gives this host
+        self._orphans = {}  # partition -> since when this host holds a copy it should not
         self.partitions = 1 << storage.layout.partition_bits
         self._primaries = {}  # partition -> _Primary
         self._following = {}  # partition -> epoch of the assignment this host follows
@@ -224,13 +233,18 @@ class LogSyncService(Service):
         for partition in list(self._primaries):
             assignment = wanted.get(partition)
             if assignment is None or assignment.epoch != self._primaries[partition].epoch:
-                self._step_down(partition, errors.Timeout("the partition's primary changed before the write was "
-                                                          "acknowledged; it may or may not be applied"))
+                self._step_down(partition)
         for partition in list(self._caught_up):
             if following.get(partition) != self._following.get(partition):
                 self._caught_up.discard(partition)
         self._following = following
         self._note_syncing()
+        if state.cluster_id is not None:
+            held = set(wanted) | set(following)
+            if self._copies is None:  # once: every copy this store holds from before
+                self._copies = {p for p in range(state.partitions) if self._has_copy(p)}
+            self._copies |= held
+            self._held = held
         new = []
         for partition, assignment in wanted.items():
             primary = self._primaries.get(partition)
@@ -251,6 +265,7 @@ class LogSyncService(Service):
             if not accepted:
                 self._fenced(primary)
                 continue
+            primary.start = state.last_commit_id
             primary.progress = PrimaryProgress(primary.partition, primary.epoch, primary.followers, state.last_commit_id)
             self._log.debug("primary of partition {p} at epoch {e}", p=primary.partition, e=primary.epoch)
         self._schedule_pump()
@@ -267,17 +282,28 @@ class LogSyncService(Service):
         primary.progress = progress
         self._check(primary)
 
-    def _step_down(self, partition, write_error):
-        primary = self._primaries.pop(partition)
-        for *_, d in primary.writes:
+    def _step_down(self, partition, write_error=None):
+        self._fail_waiting(self._primaries.pop(partition), write_error)
+
+    def _fail_waiting(self, primary, write_error=None):
+        """Fail the writes (outcome unknown) and reads (safe to retry) still waiting on
+        *primary*, which no longer leads its partition."""
+        writes, primary.writes = primary.writes, []
+        reads, primary.reads = primary.reads, []
+        write_error = write_error or errors.Timeout(
+            f"partition {primary.partition} changed primary before the write was acknowledged; "
+            "it may or may not be applied"
+        )
+        for *_, d in writes:
             d.errback(write_error)
-        for *_, d in primary.reads:
-            d.errback(errors.Unavailable(f"partition {partition} changes primary; try again"))
+        for *_, d in reads:
+            d.errback(errors.Unavailable(f"partition {primary.partition} changes primary; try again"))
 
     def _fenced(self, primary):
         if primary.fenced:
             return
         primary.fenced = True
+        self._fail_waiting(primary)
         self._log.info("partition {p}: a replica promised a newer epoch than {e}; this host stops taking writes",
                        p=primary.partition, e=primary.epoch)
         if self.on_fenced is not None:
@@ -333,8 +359,11 @@ class LogSyncService(Service):
         return waits[0] if len(waits) == 1 else defer.gatherResults(waits, consumeErrors=True).addErrback(_first_error)
 
     def read_barrier(self, partitions):
-        """:return: None if *partitions* can be read locally now, else a Deferred that fires
-        once they can (linearizably).
+        """Call after reading *partitions* locally: the read may be answered once this fires.
+
+        :return: None if what was read may be answered now, else a Deferred that fires once a
+            majority confirmed (after the call) that no newer primary exists, and everything
+            the store held at the call is committed.
 
         :raise Unavailable: if this host is not their ready primary.
         """
@@ -350,8 +379,11 @@ class LogSyncService(Service):
                 link = self._link(host)
                 sent[host] = link.sequence
                 link.force = True
+            # Everything the store holds now (a commit is visible there a moment before its
+            # Deferred tells us) must be on a majority before the read may answer.
+            last = max(progress.last, self.storage.partition_state(partition).last_commit_id)
             d = defer.Deferred()
-            primary.reads.append((sent, progress.last, deadline, d))
+            primary.reads.append((sent, last, deadline, d))
             waits.append(d)
         if not waits:
             return None
@@ -445,6 +477,7 @@ class LogSyncService(Service):
             "entries": [entry.to_wire() for entry in entries],
             "trunc": primary.progress.fully_replicated(),
             "last": primary.progress.last,
+            "start": primary.start,
         }
         return part, "append", 64 + sum(len(entry.data) + 48 for entry in entries)
 
@@ -576,8 +609,34 @@ class LogSyncService(Service):
             upto = max(primary.progress.fully_replicated(), primary.progress.last - self.timing.max_log_entries)
             if upto > stored.truncated:
                 units.append(Truncate(primary.partition, upto))
+        units.extend(self._drop_orphans())
         if units:
             self.storage.replicate(units).addErrback(self._storage_failed)
+
+    def _has_copy(self, partition):
+        state = self.storage.partition_state(partition)
+        return bool(state.last_commit_id or state.syncing)
+
+    def _drop_orphans(self):
+        """Reset units for the copies of partitions this host has not been a replica of for
+        ``drop_after`` seconds (moved elsewhere, or this host was removed and re-accepted)."""
+        if self._copies is None:
+            return []
+        now = self.clock.seconds()
+        units = []
+        for partition in sorted(self._copies - self._held):
+            since = self._orphans.setdefault(partition, now)
+            if now - since >= self.timing.drop_after:
+                state = self.storage.partition_state(partition)
+                self._log.info("dropping this host's copy of partition {p}: it is no longer one of its replicas",
+                               p=partition)
+                units.append(Reset(partition, state.epoch, now))
+                self._copies.discard(partition)
+                del self._orphans[partition]
+        for partition in list(self._orphans):
+            if partition in self._held:
+                del self._orphans[partition]
+        return units
 
     # -- the follower's side ----------------------------------------------------------------
 

@@ -5,6 +5,7 @@ the data is once requests are routed between hosts.
 """
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodedb.errors import Conflict, InvalidRequest, NodeDBError, NotFound
@@ -74,23 +75,28 @@ class LocalQuery:
         acknowledged: answer only once those are committed (as a read would), so that the
         refusal never reports a state a failover could undo."""
         failure.trap(NotFound, Conflict)
-        try:
-            barrier = self.replication.read_barrier(partitions)
-        except NodeDBError:
-            return failure
-        return failure if barrier is None else barrier.addBoth(lambda _: failure)
+        barrier = self.replication.read_barrier(partitions)
+        return failure if barrier is None else barrier.addCallback(lambda _: failure)
 
     def _acknowledged(self, results):
         waiting = self.replication.acknowledge(results)
         return results if waiting is None else waiting.addCallback(lambda _: results)
 
     def _after_barrier(self, partitions, read, *arguments):
-        """``read(*arguments)`` once *partitions* can be read linearizably here."""
-        if self.replication is not None:
-            barrier = self.replication.read_barrier(partitions)
-            if barrier is not None:
-                return barrier.addCallback(lambda _: read(*arguments))
-        return read(*arguments)
+        """``read(*arguments)`` now, answered once the read barrier of *partitions* says
+        that what it saw is committed and this host still leads them (read-index)."""
+        if self.replication is None:
+            return read(*arguments)
+        try:
+            outcome = read(*arguments)
+        except NodeDBError:
+            outcome = Failure()
+        barrier = self.replication.read_barrier(partitions)
+        if barrier is None:
+            if isinstance(outcome, Failure):
+                outcome.raiseException()
+            return outcome
+        return barrier.addCallback(lambda _: outcome)
 
     def _insert_operation(self, record_type, doc, near):
         data = self.encode_document(doc)

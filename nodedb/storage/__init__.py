@@ -67,13 +67,16 @@ class Promise:
 @dataclass(slots=True)
 class Append:
     """Entries shipped by the primary of *epoch*; *prev* is ``(commit_id, epoch)`` of the
-    entry just before them. The log may be dropped up to *truncate* (every replica has it)."""
+    entry just before them. The log may be dropped up to *truncate* (every replica has it).
+    *start* is the primary's last commit id when it took up *epoch*: a copy follows *epoch*
+    (see :attr:`PartitionState.followed`) only once it holds everything up to there."""
 
     partition: int
     epoch: int
     prev: tuple
     entries: list
     truncate: int = 0
+    start: int = 0
 
 
 @dataclass(slots=True)
@@ -164,8 +167,9 @@ class PartitionState:
     id sequence ever used in it (so ids are never reused, even after deletes). The log holds
     the entries after *truncated* (whose entry had *truncated_epoch*); *syncing* is set while a
     full resync is filling the copy. *followed* is the newest epoch whose primary verified that
-    this copy's whole log is a prefix of its own (as in Viewstamped Replication's last normal
-    view): a failover picks the replica with the highest ``(followed, last_commit_id)``.
+    this copy's whole log is a prefix of its own and holds at least everything that primary
+    held when its epoch began (as in Viewstamped Replication's last normal view): a failover
+    picks the replica with the highest ``(followed, last_commit_id)``.
     """
 
     partition: int

@@ -168,7 +168,10 @@ def _append(txn, state, unit, layout):
         if entry.commit_id != state.last_commit_id + 1:
             return False
         _apply_entry(txn, state, entry, layout)
-    state.followed = unit.epoch
+    if state.last_commit_id >= unit.start:
+        # Only now does this copy hold all that the primary held when its epoch began (and
+        # so every write acknowledged before): until then a failover must not prefer it.
+        state.followed = unit.epoch
     _truncate(txn, state, min(unit.truncate, state.last_commit_id))
     return True
 

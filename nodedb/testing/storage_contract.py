@@ -553,6 +553,20 @@ class StorageBackendContract(_BackendFixtures):
         assert [(e.commit_id, e.epoch) for e in backend.read_log(4, 7, 10)] == [(8, 3)]
 
     @pytest_twisted.ensureDeferred
+    async def test_a_copy_follows_an_epoch_only_once_it_holds_the_primarys_start(self, backend):
+        """A copy that caught up only part of the way to where the new primary began must
+        not outrank, in a failover, a copy of the older epoch that holds more."""
+        first = [self.entry(6, c, 1, ChangeType.CREATE, "t", c, doc(v=c)) for c in (1, 2)]
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 1, (0, 0), first)])
+        assert accepted and state.followed == 1
+        more = [self.entry(6, c, 1, ChangeType.CREATE, "t", c, doc(v=c)) for c in (3, 4)]
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 2, (2, 1), more, start=6)])
+        assert accepted and (state.last_commit_id, state.epoch, state.followed) == (4, 2, 1)
+        rest = [self.entry(6, c, 1, ChangeType.CREATE, "t", c, doc(v=c)) for c in (5, 6)]
+        [(accepted, state)] = await self.replicate(backend, [Append(6, 2, (4, 1), rest, start=6)])
+        assert accepted and (state.last_commit_id, state.followed) == (6, 2)
+        assert state.position() == (2, 6)
+
     async def test_an_append_that_does_not_continue_the_log_is_refused(self, backend):
         held = [
             self.entry(5, 1, 1, ChangeType.CREATE, "t", 1, doc(v=1)),

@@ -159,7 +159,7 @@ def test_a_replica_behind_the_truncated_log_gets_a_full_resync_and_no_deleted_el
 
 @pytest.mark.parametrize("seed", seeds())
 def test_a_new_host_gets_full_copies_before_old_replicas_are_dropped(seed):
-    cluster = replicated_cluster(seed)
+    cluster = replicated_cluster(seed, logsync_timing=LogSyncTiming(drop_after=5.0, truncate_every=1.0))
     client = cluster.client()
     run(cluster, insert_many(client, 30))
     smallest = []
@@ -183,6 +183,12 @@ def test_a_new_host_gets_full_copies_before_old_replicas_are_dropped(seed):
     layout = newcomer.node.storage.layout
     expected = {i for h in cluster.hosts[:1] for i in h.store.types["item"] if layout.partition_of(i) in mine}
     assert set(newcomer.store.types.get("item", {})) == expected
+    # A host no longer among a partition's replicas drops its copy a while later.
+    cluster.run(8.0)
+    for host in cluster.hosts:
+        held = set(state.replica_partitions(host_id(host)))
+        stray = {layout.partition_of(i) for i in host.store.types.get("item", {})} - held
+        assert not stray, f"{host.name} still holds partitions {sorted(stray)}"
 
 
 FAULT_SEEDS = seeds(4)

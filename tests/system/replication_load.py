@@ -14,14 +14,15 @@ what is in flight, and exits 0.
 Every finished operation is one JSON line in HISTORY, flushed at once::
 
     {"op": "insert" | "update" | "get", "id": ID or null, "doc": DOC or null, "version": V or null,
-     "start": T0, "end": T1, "ok": true | false | null, "error": NAME or null}
+     "start": T0, "end": T1, "ok": true | false | null, "error": NAME or null, "via": I}
 
 ``start`` and ``end`` are ``time.monotonic()`` (the same clock in every process of the machine),
 taken before the request is sent and after its answer arrived. ``ok`` is true when the cluster
 acknowledged the operation, false when it certainly did not happen (an error answered by a
 node: a remote Unavailable, Conflict, NotFound...), and null when the outcome is unknown (a
 Timeout, a lost connection). A get's ``doc`` is what it read (null with ``error: "NotFound"``
-and ``ok: true``: the element was absent). An insert whose outcome is unknown has no id.
+and ``ok: true``: the element was absent). An insert whose outcome is unknown has no id. ``via`` is the index in
+``--connect`` of the client's first address.
 
 Document of element N at its C-th write (0: the insert): ``{"tag": TAG, "n": N, "c": C, "pad": ...}``;
 every write of an element writes a value never written before.
@@ -144,11 +145,11 @@ class Load:
             end = time.monotonic()
             if isinstance(result, Failure):
                 ok, error = outcome_of(result)
-                self.record(op="insert", id=None, doc=doc, version=None, start=start, end=end, ok=ok, error=error)
+                self.record(op="insert", id=None, doc=doc, version=None, start=start, end=end, ok=ok, error=error, via=via)
                 self.count(f"insert {error}")
                 return None
             self.elements.append({"id": result, "n": n, "c": 0, "busy": False})
-            self.record(op="insert", id=result, doc=doc, version=None, start=start, end=end, ok=True, error=None)
+            self.record(op="insert", id=result, doc=doc, version=None, start=start, end=end, ok=True, error=None, via=via)
             self.count("insert ok")
             return None
 
@@ -164,10 +165,10 @@ class Load:
             element["busy"] = False
             if isinstance(result, Failure):
                 ok, error = outcome_of(result)
-                self.record(op="update", id=element["id"], doc=doc, version=None, start=start, end=end, ok=ok, error=error)
+                self.record(op="update", id=element["id"], doc=doc, version=None, start=start, end=end, ok=ok, error=error, via=via)
                 self.count(f"update {error}")
                 return None
-            self.record(op="update", id=element["id"], doc=doc, version=result, start=start, end=end, ok=True, error=None)
+            self.record(op="update", id=element["id"], doc=doc, version=result, start=start, end=end, ok=True, error=None, via=via)
             self.count("update ok")
             return None
 
@@ -178,16 +179,16 @@ class Load:
             end = time.monotonic()
             if isinstance(result, Failure):
                 if result.check(errors.NotFound):
-                    self.record(op="get", id=element["id"], doc=None, version=None, start=start, end=end, ok=True, error="NotFound")
+                    self.record(op="get", id=element["id"], doc=None, version=None, start=start, end=end, ok=True, error="NotFound", via=via)
                     self.count("get NotFound")
                     return None
                 _ok, error = outcome_of(result)
                 # A failed read tells nothing: it is recorded as not having happened.
-                self.record(op="get", id=element["id"], doc=None, version=None, start=start, end=end, ok=False, error=error)
+                self.record(op="get", id=element["id"], doc=None, version=None, start=start, end=end, ok=False, error=error, via=via)
                 self.count(f"get {error}")
                 return None
             doc, version = result
-            self.record(op="get", id=element["id"], doc=doc, version=version, start=start, end=end, ok=True, error=None)
+            self.record(op="get", id=element["id"], doc=doc, version=version, start=start, end=end, ok=True, error=None, via=via)
             self.count("get ok")
             return None
 
