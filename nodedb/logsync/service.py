@@ -59,6 +59,8 @@ class LogSyncTiming:
     #: A copy of a partition this host is no longer a replica of is dropped after this many
     #: seconds (the delay rides out a partition map that is still being replayed at restart).
     drop_after: float = 60.0
+    #: A primary fenced by an election that did not finish asks the leader again this often.
+    election_retry: float = 2.0
 
 
 class _Primary:
@@ -71,6 +73,7 @@ class _Primary:
         self.progress = None  # a PrimaryProgress once the lead promise is durable
         self.start = 0  # our last commit id when we took up the epoch
         self.fenced = False
+        self.asked = 0.0  # when we last asked for the election that fenced us
         self.writes = []  # sorted [(commit_id, serial, deadline, Deferred)]
         self.reads = []  # [(sent, last, deadline, Deferred)]
 
@@ -303,9 +306,16 @@ class LogSyncService(Service):
         if primary.fenced:
             return
         primary.fenced = True
+        self._ask_election(primary)
         self._fail_waiting(primary)
         self._log.info("partition {p}: a replica promised a newer epoch than {e}; this host stops taking writes",
                        p=primary.partition, e=primary.epoch)
+
+
+    def _ask_election(self, primary):
+        """Ask for the election that fenced *primary* to be finished (again every
+        ``election_retry`` seconds: the leader that started it may be gone)."""
+        primary.asked = self.clock.seconds()
         if self.on_fenced is not None:
             self.on_fenced(primary.partition, primary.epoch)
 
@@ -588,6 +598,8 @@ class LogSyncService(Service):
         for link in self._links.values():
             link.force = True
         for primary in self._primaries.values():
+            if primary.fenced and now - primary.asked >= self.timing.election_retry:
+                self._ask_election(primary)
             for queue, error in (
                 (primary.writes, errors.Timeout("not acknowledged by a majority of the replicas in time; "
                                                 "the write may or may not be applied")),

@@ -155,15 +155,25 @@ def assignment_decision(state, views, settings):
         if len(changes) >= settings.assignments_per_round:
             break
     if not changes:
-        changes = _drop_extra(state, views, target, load, settings)
+        changes = _drop_extra(state, views, target, settings)
     if not changes:
         changes = _rebalance(state, candidates, target, settings)
     return {"op": "assign", "map": changes} if changes else None
 
 
-def _drop_extra(state, views, target, load, settings):
-    """A partition with a replica more than it needs (one being moved) drops the busiest
-    follower, once every replica has caught up: redundancy never dips on a move."""
+def _follower_load(assignments):
+    load = {}
+    for assignment in assignments.values():
+        for host in assignment.replicas[1:]:
+            load[host] = load.get(host, 0) + 1
+    return load
+
+
+def _drop_extra(state, views, target, settings):
+    """A partition with a replica more than it needs (one being moved: the newcomer was
+    added last) drops the busiest other follower, once every replica has caught up, so that
+    redundancy never dips on a move."""
+    load = _follower_load(state.assignments)
     changes = {}
     for partition in sorted(state.assignments):
         assignment = state.assignments[partition]
@@ -171,10 +181,13 @@ def _drop_extra(state, views, target, load, settings):
             continue
         if not all(views.get(h) is not None and views[h].in_sync(partition) for h in assignment.replicas[1:]):
             continue
-        leaving = max(assignment.replicas[1:], key=lambda h: (load.get(h, 0), h))
+        others = assignment.replicas[1:-1]
+        if not others:
+            continue
+        leaving = max(others, key=lambda h: (load.get(h, 0), h))
         replicas = tuple(h for h in assignment.replicas if h != leaving)
         changes[str(partition)] = Assignment(replicas, assignment.epoch).to_data()
-        load[leaving] = load.get(leaving, 0) - 1
+        load[leaving] -= 1
         if len(changes) >= settings.assignments_per_round:
             break
     return changes
@@ -187,11 +200,8 @@ def _rebalance(state, candidates, target, settings):
     if any(len(a.replicas) > target for a in state.assignments.values()):
         return {}  # one move at a time
     assignments = dict(state.assignments)
-    load = {h: 0 for h in candidates}
-    for assignment in assignments.values():
-        for host in assignment.replicas[1:]:
-            if host in load:
-                load[host] += 1
+    counted = _follower_load(assignments)
+    load = {h: counted.get(h, 0) for h in candidates}
     changes = {}
     while len(changes) < settings.assignments_per_round and len(load) > 1:
         busiest = max(sorted(load), key=lambda h: load[h])
