@@ -258,6 +258,7 @@ class NodeService(MultiService):
             settings=VotingSettings(remove_after=self.config.remove_after),
             on_change=self._cluster_changed,
             elect=self.logsync.elect,
+            handoff=self.logsync.handoff,
         )
         self.voting.install(self.api)
         self.voting.setName("voting")

@@ -23,6 +23,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodedb import errors
@@ -61,6 +62,8 @@ class LogSyncTiming:
     drop_after: float = 60.0
     #: A primary fenced by an election that did not finish asks the leader again this often.
     election_retry: float = 2.0
+    #: Seconds a planned handoff may hold writes back while the new primary catches up.
+    handoff_timeout: float = 3.0
 
 
 class _Primary:
@@ -74,6 +77,7 @@ class _Primary:
         self.start = 0  # our last commit id when we took up the epoch
         self.fenced = False
         self.asked = 0.0  # when we last asked for the election that fenced us
+        self.handoff = None  # (follower, deadline, Deferred) while handing the partition over
         self.writes = []  # sorted [(commit_id, serial, deadline, Deferred)]
         self.reads = []  # [(sent, last, deadline, Deferred)]
 
@@ -89,7 +93,8 @@ class _Link:
         self.host = host
         self.sequence = 0  # of the last message sent
         self.in_flight = False
-        self.force = True  # send even if there is nothing new (a probe)
+        self.force = True  # probe every partition, even those with nothing new
+        self.wanted = set()  # partitions to probe in the next message (reads wait on them)
 
 
 def _int(value, name):
@@ -207,6 +212,7 @@ class LogSyncService(Service):
     def install(self, api):
         api.register("logsync.append", self._serve_append)
         api.register("logsync.promise", self._serve_promise)
+        api.register("logsync.handoff", self._serve_handoff)
 
     def startService(self):
         super().startService()
@@ -336,8 +342,15 @@ class LogSyncService(Service):
 
     def epochs(self, partitions):
         """``{partition: epoch}`` to commit with; :raise Unavailable: if this host is not
-        the ready primary of one of them (nothing was applied: safe to retry)."""
-        return {p: self._ready(p).epoch for p in partitions}
+        the ready primary of one of them, or is handing it over (nothing was applied: safe to
+        retry)."""
+        epochs = {}
+        for partition in partitions:
+            primary = self._ready(partition)
+            if primary.handoff is not None:
+                raise errors.Unavailable(f"partition {partition} is moving to another host; try again")
+            epochs[partition] = primary.epoch
+        return epochs
 
     def acknowledge(self, results):
         """The local commit of ``[(element_id, version), ...]`` is durable.
@@ -388,7 +401,7 @@ class LogSyncService(Service):
             for host in progress.progress:
                 link = self._link(host)
                 sent[host] = link.sequence
-                link.force = True
+                link.wanted.add(partition)
             # Everything the store holds now (a commit is visible there a moment before its
             # Deferred tells us) must be on a majority before the read may answer.
             last = max(progress.last, self.storage.partition_state(partition).last_commit_id)
@@ -401,9 +414,15 @@ class LogSyncService(Service):
         return waits[0] if len(waits) == 1 else defer.gatherResults(waits, consumeErrors=True).addErrback(_first_error)
 
     def _check(self, primary):
-        """Fire the writes and reads of *primary* that its progress now allows."""
+        """Fire the writes, reads and handoff of *primary* that its progress now allows."""
         progress = primary.progress
         committed = progress.committed()
+        if primary.handoff is not None:
+            follower, _deadline, d = primary.handoff
+            state = progress.progress.get(follower)
+            caught_up = state is not None and state.resync is None and state.match >= progress.last
+            if caught_up and not primary.writes and d is not None and not d.called:
+                d.callback({"last": progress.last})
         while primary.writes and primary.writes[0][0] <= committed:
             primary.writes.pop(0)[-1].callback(None)
         if primary.reads:
@@ -444,7 +463,8 @@ class LogSyncService(Service):
         parts, sent, size = [], [], 0
         for primary in primaries:
             state = primary.progress.progress[link.host]
-            if state.resync is None and state.next > primary.progress.last and not link.force:
+            idle = state.resync is None and state.next > primary.progress.last
+            if idle and not link.force and primary.partition not in link.wanted:
                 continue
             part, kind, part_size = self._part(primary, link.host, state)
             if part is None:
@@ -460,6 +480,7 @@ class LogSyncService(Service):
         if address is None:
             return
         link.force = False
+        link.wanted.difference_update(primary.partition for primary, _kind in sent)
         link.in_flight = True
         link.sequence += 1
         sequence = link.sequence
@@ -595,6 +616,7 @@ class LogSyncService(Service):
 
     def _beat(self):
         now = self.clock.seconds()
+        self._expire_handoffs(now)
         for link in self._links.values():
             link.force = True
         for primary in self._primaries.values():
@@ -713,12 +735,13 @@ class LogSyncService(Service):
 
     # -- failover ---------------------------------------------------------------------------
 
-    def elect(self, requests, skip=()):
+    def elect(self, requests, skip=(), prefer=None):
         """Fence the replicas of each partition at a new epoch and pick its next primary.
 
         :param requests: ``{partition: (new_epoch, replicas)}``.
         :param skip: hosts not to ask (known to be down: waiting for them would only delay
             the answer).
+        :param prefer: ``{partition: host}`` to pick when it is among the most complete.
         :return: a Deferred that fires with ``{partition: host}`` for the partitions where
             enough replicas answered (see :func:`nodedb.logsync.state.answers_needed`).
         """
@@ -740,10 +763,10 @@ class LogSyncService(Service):
             calls.append(d)
             hosts.append((host, parts))
         d = defer.DeferredList(calls, consumeErrors=True)
-        d.addCallback(self._tally, hosts, requests)
+        d.addCallback(self._tally, hosts, requests, prefer or {})
         return d
 
-    def _tally(self, outcomes, hosts, requests):
+    def _tally(self, outcomes, hosts, requests, prefer):
         answers = {partition: {} for partition in requests}
         for (ok, reply), (host, parts) in zip(outcomes, hosts):
             if not ok or type(reply) is not dict or type(reply.get("parts")) is not list:
@@ -754,10 +777,61 @@ class LogSyncService(Service):
         chosen = {}
         for partition, (_epoch, replicas) in requests.items():
             if len(answers[partition]) >= answers_needed(len(replicas)):
-                host = choose_primary(answers[partition])
+                host = choose_primary(answers[partition], prefer.get(partition))
                 if host is not None:
                     chosen[partition] = host
         return chosen
+
+    # -- planned moves ----------------------------------------------------------------------
+
+    def handoff(self, partition, epoch, follower):
+        """Stop taking writes in *partition* (as its primary at *epoch*) until *follower*
+        holds everything, so that an election at the next epoch can pick it.
+
+        :return: a Deferred that fires with ``{"last": commit id}`` once *follower* has it
+            all, or fails with Unavailable (after ``handoff_timeout``, and writes resume).
+        """
+        primary = self._primaries.get(partition)
+        if primary is None or not primary.ready or primary.epoch != epoch or follower not in primary.followers:
+            return defer.fail(errors.Unavailable(f"not the primary of partition {partition} at epoch {epoch}"))
+        if primary.handoff is not None:
+            return defer.fail(errors.Unavailable(f"partition {partition} is already being handed over"))
+        d = defer.Deferred()
+        primary.handoff = (follower, self.clock.seconds() + self.timing.handoff_timeout, d)
+        self._log.info("handing partition {p} over to {host}", p=partition, host=follower)
+
+        def finished(result):
+            if primary.handoff is not None and primary.handoff[2] is d:
+                if isinstance(result, Failure):
+                    primary.handoff = None  # writes resume
+                else:
+                    # Writes stay refused until the map moves on (or the election fails).
+                    primary.handoff = (follower, self.clock.seconds() + self.timing.handoff_timeout, None)
+            return result
+
+        d.addBoth(finished)
+        self._check(primary)
+        self._schedule_pump()
+        return d
+
+    def _serve_handoff(self, request):
+        try:
+            partition = _int(request["p"], "partition")
+            epoch = _int(request["e"], "epoch")
+            follower = request["to"]
+        except KeyError:
+            raise errors.InvalidRequest("logsync.handoff: p, e and to are required") from None
+        if type(follower) is not str:
+            raise errors.InvalidRequest("logsync.handoff: to is a host id")
+        return self.handoff(partition, epoch, follower)
+
+    def _expire_handoffs(self, now):
+        for primary in self._primaries.values():
+            if primary.handoff is not None and primary.handoff[1] <= now:
+                _follower, _deadline, d = primary.handoff
+                primary.handoff = None
+                if d is not None and not d.called:
+                    d.errback(errors.Unavailable(f"partition {primary.partition}: the follower did not catch up in time"))
 
     # -- status -----------------------------------------------------------------------------
 

@@ -26,18 +26,21 @@ def answers_needed(count):
     return count - majority(count) + 1
 
 
-def choose_primary(answers):
+def choose_primary(answers, prefer=None):
     """The replica to lead a partition's next epoch.
 
     :param answers: ``{host: (followed, last_commit_id, syncing)}`` from the replicas that
         promised the new epoch.
     :return: the host with the highest ``(followed, last_commit_id)`` that is not in the
-        middle of a full resync (ties go to the smallest host id), or None.
+        middle of a full resync (ties go to *prefer*, else to the smallest host id), or
+        None.
     """
     eligible = {host: (followed, last) for host, (followed, last, syncing) in answers.items() if not syncing}
     if not eligible:
         return None
     best = max(eligible.values())
+    if eligible.get(prefer) == best:
+        return prefer
     return min(host for host, position in eligible.items() if position == best)
 
 

@@ -22,6 +22,7 @@ from nodedb.gossip.service import GossipTiming
 from nodedb.node import make_node
 from nodedb.storage.memory import MemoryStorage, MemoryStore
 from nodedb.testing.simulation import SimNetwork, replay_hint
+from nodedb.voting.policy import primary_moves
 from nodedb.wire.channel import hello_request
 from nodedb.wire.connection import PersistentConnection
 from nodedb.wire.transport import PeerTransport
@@ -182,14 +183,17 @@ class SimCluster:
         return [h for h in self.hosts if h.up and h.node.gossip is not None]
 
     def settled(self):
-        """:meth:`replicated`, and Voting has all the voters it will have (so that losing
-        one leaves a quorum)."""
+        """:meth:`replicated`, Voting has all the voters it will have (so that losing one
+        leaves a quorum), and the primaries are spread (no planned move is due)."""
         leader = self.leader()
         if leader is None or not self.replicated():
             return False
-        members = len(leader.node.voting.state.members)
+        voting = leader.node.voting
+        members = len(voting.state.members)
         wanted = min(5, members) if min(5, members) % 2 else min(5, members) - 1
-        return len(leader.node.voting.raft.config.voters) == wanted
+        if len(voting.raft.config.voters) != wanted or voting._electing:
+            return False
+        return not primary_moves(voting.state, leader.node._host_views(), voting.settings)
 
     def replicated(self):
         """Every live host agrees on the partition map, every partition has its full replica

@@ -30,6 +30,8 @@ class VotingSettings:
     #: A primary unavailable this long (after the failure detector said so) is replaced by
     #: the most complete of its replicas.
     failover_after: float = 0.5
+    #: Most planned primary moves (to even out the load) started in one round.
+    moves_per_round: int = 4
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,43 @@ def membership_decisions(state, views, now, settings):
         if now - view.unavailable_since >= settings.remove_after and len(state.members) > 1 and host_id not in leading:
             decisions.append({"op": "remove", "host": host_id, "at": now})
     return decisions, refusals
+
+
+def primary_moves(state, views, settings):
+    """Planned moves that even out how many partitions each host leads (weighted by CPU
+    rating), so that every host's CPU takes writes: ``{partition: new primary}``, at most
+    ``moves_per_round``. Only partitions whose replicas are all caught up move, to a follower
+    that is caught up too."""
+    target = min(state.replicas, len(state.members))
+    healthy = {h: v for h, v in views.items() if h in state.members and v.available}
+    led = {h: 0 for h in healthy}
+    for assignment in state.assignments.values():
+        if assignment.primary in led:
+            led[assignment.primary] += 1
+
+    def weight(host, extra=0):
+        return (led[host] + extra) / max(healthy[host].cpu_rating, 0.1)
+
+    moves = {}
+    for partition in sorted(state.assignments):
+        if len(moves) >= settings.moves_per_round:
+            break
+        assignment = state.assignments[partition]
+        primary = assignment.primary
+        if primary not in healthy or len(assignment.replicas) != target:
+            continue
+        if not all(h in healthy and healthy[h].in_sync(partition) for h in assignment.replicas[1:]):
+            continue
+        followers = sorted(assignment.replicas[1:], key=lambda h: (weight(h), h))
+        if not followers:
+            continue
+        best = followers[0]
+        # Move only when it makes the two hosts more even than they are.
+        if weight(best, 1) < weight(primary) and led[primary] - led[best] > 1:
+            moves[partition] = best
+            led[primary] -= 1
+            led[best] += 1
+    return moves
 
 
 def failover_partitions(state, views, now, settings, wanted=None):

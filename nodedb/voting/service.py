@@ -52,6 +52,9 @@ class VotingService(Service):
     :param elect: ``elect({partition: (new_epoch, replicas)})`` -> Deferred of ``{partition:
         host}``: fences the replicas and picks each partition's next primary (LogSync's
         :meth:`~nodedb.logsync.service.LogSyncService.elect`); None: no failover.
+    :param handoff: ``handoff(partition, epoch, follower)`` -> Deferred: this host, as
+        primary, hands a partition over for a planned move (LogSync's
+        :meth:`~nodedb.logsync.service.LogSyncService.handoff`).
     """
 
     _log = Logger()
@@ -69,9 +72,11 @@ class VotingService(Service):
         settings=policy.VotingSettings(),
         on_change=None,
         elect=None,
+        handoff=None,
     ):
         self.clock = clock
         self.elect = elect
+        self.handoff = handoff
         self._electing = set()  # partitions whose election is under way
         self._wanted = {}  # partition -> epoch whose primary asked for an election
         self.host_id = host_id
@@ -248,6 +253,8 @@ class VotingService(Service):
             assign = policy.assignment_decision(self.state, views, self.settings)
             if assign is not None:
                 self.raft.propose(assign)
+            elif not self._electing:
+                self._balance(views)
         change = policy.next_config(
             self.raft.config.voters, self.raft.config.learners, self.state, views, now, self.settings, self.host_id
         )
@@ -306,6 +313,34 @@ class VotingService(Service):
         d.addCallback(self._elected, requests)
         d.addErrback(lambda failure: self._log.failure("failover election failed", failure))
         d.addBoth(lambda _: self._electing.difference_update(requests))
+
+    def _balance(self, views):
+        """Start the planned primary moves the policy suggests: the primary hands over (it
+        stops taking writes until the chosen follower has everything), then an election at
+        the next epoch picks that follower."""
+        if self.elect is None:
+            return
+        for partition, host in sorted(policy.primary_moves(self.state, views, self.settings).items()):
+            assignment = self.state.assignments[partition]
+            self._electing.add(partition)
+            d = self._handoff(partition, assignment, host)
+            requests = {partition: (assignment.epoch + 1, assignment.replicas)}
+            down = {h for h, view in views.items() if not view.available}
+            d.addCallback(lambda _, requests=requests, host=host, down=down, p=partition: self.elect(
+                requests, down, prefer={p: host}))
+            d.addCallback(self._elected, requests)
+            d.addErrback(lambda failure, p=partition: self._log.info(
+                "moving the primary of partition {p} did not happen: {why}", p=p, why=failure.getErrorMessage()))
+            d.addBoth(lambda _, p=partition: self._electing.discard(p))
+
+    def _handoff(self, partition, assignment, host):
+        arguments = {"p": partition, "e": assignment.epoch, "to": host}
+        if assignment.primary == self.host_id and self.handoff is not None:
+            return self.handoff(partition, assignment.epoch, host)
+        address = self.address_of(assignment.primary)
+        if address is None:
+            return defer.fail(errors.Unavailable("the primary's address is not known"))
+        return self.transport.call(address, "logsync.handoff", arguments, 10 * self.timing.tick + 3.0)
 
     def _elected(self, chosen, requests):
         if self.raft.state != LEADER:

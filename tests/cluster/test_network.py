@@ -1,5 +1,8 @@
 """A network of hosts in the simulator: joining, gossip convergence, failure detection,
-restarts (also at a new address), partitions, and network coordinates."""
+restarts (also at a new address), partitions, and network coordinates.
+
+These clusters keep one copy of each partition (``replicas=1``): nothing moves between
+hosts, so the NI changes only as the network does (replication has its own tests)."""
 
 import math
 import random
@@ -20,7 +23,7 @@ def host_id(host):
 
 def converged_cluster(seed, hosts):
     """A simulated cluster of *hosts* whose NIs have converged."""
-    cluster = SimCluster(seed)
+    cluster = SimCluster(seed, replicas=1)
     cluster.start_hosts(hosts)
     cluster.run_until(cluster.converged, timeout=30)
     return cluster
@@ -43,8 +46,8 @@ def test_hosts_join_through_one_seed_and_converge(seed):
     for host in cluster.hosts:
         listed = {h["id"]: h["address"] for h in host.node.status()["hosts"]}
         assert listed == {host_id(h): h.address for h in cluster.hosts}, cluster
-    # The joiners are accepted by vote: they hold replicas ("read"); the bootstrap host still
-    # holds every primary ("write") until data moves, which is the replication issue's.
+    # The joiners are accepted by vote ("read"); with one copy of each partition nothing
+    # moves, and the bootstrap host keeps every primary ("write").
     cluster.run_until(lambda: cluster.converged() and len(first.voting.state.members) == 30, timeout=60)
     statuses = {h["id"]: h["status"] for h in first.status()["hosts"]}
     assert statuses.pop(host_id(cluster.hosts[0])) == "write"
@@ -54,7 +57,7 @@ def test_hosts_join_through_one_seed_and_converge(seed):
 @pytest.mark.parametrize("seed", seeds())
 def test_convergence_survives_loss_duplication_reordering_and_delay(seed):
     faults = Faults(drop=0.05, duplicate=0.05, reorder=0.1, min_delay=0.001, max_delay=0.02)
-    cluster = SimCluster(seed, faults=faults)
+    cluster = SimCluster(seed, faults=faults, replicas=1)
     cluster.start_hosts(20)
     cluster.run_until(cluster.converged, timeout=60)
     cluster.hosts[7].node.gossip.update_local(status="read")
@@ -141,7 +144,7 @@ def test_a_paused_host_is_found_by_heartbeats_and_recovers(seed):
 @pytest.mark.parametrize("seed", seeds(2))
 def test_coordinates_predict_injected_latencies(seed):
     rng = random.Random(seed)
-    cluster = SimCluster(seed)
+    cluster = SimCluster(seed, replicas=1)
     hosts = 20
     positions = [(rng.uniform(0, 0.05), rng.uniform(0, 0.05)) for _ in range(hosts)]
     access = [rng.uniform(0.0005, 0.003) for _ in range(hosts)]
@@ -183,7 +186,7 @@ def test_the_same_seed_replays_the_same_run():
 
 @pytest.mark.parametrize("seed", seeds(1))
 def test_a_hundred_hosts_converge_in_logarithmic_rounds(seed):
-    cluster = SimCluster(seed, heartbeat_interval=None)
+    cluster = SimCluster(seed, heartbeat_interval=None, replicas=1)
     cluster.start_hosts(100)
     took = cluster.run_until(cluster.converged, timeout=60, check_every=0.5)
     rounds = took / GossipTiming().round_interval

@@ -44,20 +44,24 @@ def test_voters_grow_to_three_then_five_as_hosts_are_accepted(seed):
     assert raft.config.voters | raft.config.learners == {host_id(h) for h in cluster.hosts}
     assert members(cluster) == {host_id(h) for h in cluster.hosts}
     # Every partition has a replica set of three (the replication factor), and the newcomers
-    # get their share: follower replicas move until no host holds two more than another.
+    # get their share: copies move (with their data) and primaries are handed over until
+    # every host leads about as many partitions as any other, and holds about as many copies.
     def balanced():
-        followers = {host_id(h): 0 for h in cluster.hosts[1:]}
-        for assignment in voting(first).state.assignments.values():
-            for host in assignment.replicas[1:]:
-                followers[host] += 1
-        return max(followers.values()) - min(followers.values()) <= 1 and cluster.agreed()
+        state = voting(first).state
+        hosts = [host_id(h) for h in cluster.hosts]
+        led = {h: 0 for h in hosts}
+        held = {h: 0 for h in hosts}
+        for assignment in state.assignments.values():
+            led[assignment.primary] += 1
+            for host in assignment.replicas:
+                held[host] += 1
+        full = all(len(a.replicas) == 3 for a in state.assignments.values())
+        even = max(led.values()) - min(led.values()) <= 1 and max(held.values()) - min(held.values()) <= 2
+        return full and even and cluster.agreed()
 
-    cluster.run_until(balanced, timeout=30)
-    state = voting(first).state
-    assert all(len(a.replicas) == 3 for a in state.assignments.values())
-    assert all(a.primary == host_id(first) for a in state.assignments.values())  # data stays put
+    cluster.run_until(balanced, timeout=60)
     statuses = {h.name: h.node.gossip.local_entry().status for h in cluster.hosts}
-    assert statuses.pop(first.name) == "write" and set(statuses.values()) == {"read"}
+    assert set(statuses.values()) == {"write"}  # every host leads some partitions
 
 
 @pytest.mark.parametrize("seed", seeds())
@@ -79,16 +83,19 @@ def test_a_killed_leader_is_replaced_and_decisions_go_on(seed):
 @pytest.mark.parametrize("seed", seeds())
 def test_a_host_gone_past_the_threshold_loses_its_ranges(seed):
     cluster = settled_cluster(seed, hosts=4, voters=3, remove_after=20.0)
-    # The bootstrap host is the primary of every partition: the hardest host to lose.
+    # The bootstrap host leads many partitions (and Voting): the hardest host to lose.
     gone = cluster.hosts[0]
     gone_id = host_id(gone)
     epochs = {p: a.epoch for p, a in voting(gone).state.assignments.items()}
+    led = {p for p, a in voting(gone).state.assignments.items() if a.primary == gone_id}
+    assert led
     cluster.crash(gone)
     survivor = cluster.hosts[1]
     cluster.run_until(lambda: gone_id not in voting(survivor).state.members and cluster.agreed(), timeout=60)
     state = voting(survivor).state
     assert all(gone_id not in a.replicas for a in state.assignments.values())
-    assert all(a.primary is not None and a.epoch == epochs[p] + 1 for p, a in state.assignments.items())
+    assert all(a.primary is not None and a.epoch >= epochs[p] for p, a in state.assignments.items())
+    assert all(state.assignments[p].epoch > epochs[p] for p in led)  # failed over: a new epoch
     # The new primaries allocate ids in their epoch's fresh range, not where the old one did.
     for host in cluster.live():
         for partition in host.node.ids.partitions():

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from nodedb.ids import IdLayout
 from nodedb.testing.history import ABSENT, Operation, check_linearizable, lost_writes
 
 from .harness import TIMEOUT, NodeProcess, WaitTimeout, WireClient, wait_for
@@ -43,6 +44,7 @@ RESUME_WITHIN = 20.0
 #: A freeze or a cut lasts at least this long (writes started this long after it began must be
 #: acknowledged before it ends): well past failure detection and failover.
 HOLD = 8.0
+LAYOUT = IdLayout()
 
 
 # -- the cluster --------------------------------------------------------------------------------
@@ -140,6 +142,17 @@ def primaries_of(nodes):
     return {host: h["primary"] for host, h in holdings.items()}
 
 
+def led_by(node):
+    """``{partition: epoch}`` that *node* leads now."""
+    return {int(p): primary["epoch"] for p, primary in status(node)["replication"]["primary"].items()}
+
+
+def assert_stepped_down(node, led_before):
+    """*node* leads none of the partitions it led before (*led_before*) in the same epoch."""
+    stale = {p: e for p, e in led_by(node).items() if p in led_before and e <= led_before[p]}
+    assert not stale, f"{node.name} still leads partitions in their old epochs: {stale}"
+
+
 def failed_over(survivors, victim):
     """Every partition has a ready primary among *survivors*, none is led by *victim* in the
     survivors' map, and they agree on it."""
@@ -212,18 +225,26 @@ class LoadRun:
         except FileNotFoundError:
             return ""
 
-    def acknowledged_writes(self, since=0.0):
-        """Acknowledged inserts and updates that started after *since* (monotonic time)."""
+    def acknowledged_writes(self, since=0.0, partitions=None):
+        """Acknowledged inserts and updates that started after *since* (monotonic time), of
+        elements in *partitions* (None: any)."""
         if self.process.poll() is not None:
             raise AssertionError(f"the load stopped early (status {self.process.returncode}):\n{self.describe()}")
-        return [r for r in self.records() if r.get("op") in ("insert", "update") and r["ok"] is True and r["start"] > since]
+        return [
+            r
+            for r in self.records()
+            if r.get("op") in ("insert", "update")
+            and r["ok"] is True
+            and r["start"] > since
+            and (partitions is None or LAYOUT.partition_of(r["id"]) in partitions)
+        ]
 
-    def wait_writes(self, count, since=0.0, timeout=TIMEOUT, what=None):
-        """Wait for *count* acknowledged writes started after *since*; :return: the earliest
-        end time among them."""
+    def wait_writes(self, count, since=0.0, partitions=None, timeout=TIMEOUT, what=None):
+        """Wait for *count* acknowledged writes started after *since* (in *partitions*);
+        :return: the earliest end time among them."""
 
         def enough():
-            acknowledged = self.acknowledged_writes(since)
+            acknowledged = self.acknowledged_writes(since, partitions)
             return acknowledged if len(acknowledged) >= count else None
 
         found = wait_for(enough, timeout=timeout, what=what or f"{count} acknowledged writes", interval=0.05)
@@ -374,6 +395,8 @@ def verify(load, nodes, reader):
     catch_up = wait_replicated(nodes, caught_up=True, what="every replica to catch up after the load")
     inserted = {r["id"] for r in records if r["op"] == "insert" and r["ok"] is True}
     final = read_everything(reader, inserted)
+    with open(load.history_path.with_suffix(".final.json"), "w") as f:  # for a post-mortem
+        json.dump({str(i): [doc, version] for i, (doc, version, _s, _e) in final.items()}, f)
     with WireClient(reader.address) as client:
         scanned = {element_id: doc for element_id, doc, _version in client.scan_all(RECORD_TYPE)}
     summary = check_history(records, final, scanned)
@@ -399,10 +422,13 @@ def test_kill_9_the_primary_under_load_then_restart_it(processes, tmp_path):
     counts = primaries_of(nodes)
     victim = max(nodes, key=lambda n: counts.get(n.host_id, 0))
     assert counts[victim.host_id] > 0
+    led_before = led_by(victim)
     survivors = [n for n in nodes if n is not victim]
     killed_at = time.monotonic()
     victim.kill()
-    resumed = load.wait_writes(1, since=killed_at, timeout=RESUME_WITHIN, what="a write acknowledged after kill -9")
+    resumed = load.wait_writes(
+        1, since=killed_at, partitions=led_before, timeout=RESUME_WITHIN, what="a write to the victim's partitions after kill -9"
+    )
     wait_for(lambda: failed_over(survivors, victim), what="a new primary for every partition", interval=0.2)
     failover = time.monotonic() - killed_at
     load.wait_writes(WRITES_AFTER, since=killed_at, what="writes to go on without the victim")
@@ -414,7 +440,7 @@ def test_kill_9_the_primary_under_load_then_restart_it(processes, tmp_path):
     summary, catch_up = verify(load, nodes, reader=victim)
     report(
         "kill -9",
-        {"first write after the kill": resumed - killed_at, "all partitions failed over": failover,
+        {"first write to its partitions after the kill": resumed - killed_at, "all partitions failed over": failover,
          "restarted host in sync under load": rejoined, "caught up after the load": catch_up, **summary},
     )
     assert summary["acknowledged updates"] > 0 and summary["reads"] > 0
@@ -429,11 +455,14 @@ def test_sigstop_a_primary_longer_than_the_failure_threshold(processes, tmp_path
     counts = primaries_of(nodes)
     victim = max(nodes, key=lambda n: counts.get(n.host_id, 0))
     assert counts[victim.host_id] > 0
+    led_before = led_by(victim)
     survivors = [n for n in nodes if n is not victim]
     stopped_at = time.monotonic()
     victim.signal(signal.SIGSTOP)
     try:
-        resumed = load.wait_writes(1, since=stopped_at, timeout=RESUME_WITHIN, what="a write acknowledged while the primary is frozen")
+        resumed = load.wait_writes(
+            1, since=stopped_at, partitions=led_before, timeout=RESUME_WITHIN, what="a write to the frozen host's partitions"
+        )
         # Frozen past detection and failover: every partition it led has a new primary.
         wait_for(lambda: failed_over(survivors, victim), what="a new primary for every partition", interval=0.2)
         failover = time.monotonic() - stopped_at
@@ -449,12 +478,12 @@ def test_sigstop_a_primary_longer_than_the_failure_threshold(processes, tmp_path
     summary, catch_up = verify(load, nodes, reader=victim)
     report(
         "SIGSTOP",
-        {"frozen for": frozen, "first write after SIGSTOP": resumed - stopped_at, "all partitions failed over": failover,
+        {"frozen for": frozen, "first write to its partitions after SIGSTOP": resumed - stopped_at, "all partitions failed over": failover,
          "woken host in sync under load": rejoined, "caught up after the load": catch_up, **summary},
     )
-    # The frozen primary woke up believing it led: it stepped down.
-    assert status(victim)["replication"]["primary"] == {}
-    assert primaries_of(nodes)[victim.host_id] == 0
+    # The frozen primary woke up believing it led: it stepped down (it may lead again since,
+    # in a newer epoch, if partitions were moved back to it for balance).
+    assert_stepped_down(victim, led_before)
 
 
 # -- cutting a host off -------------------------------------------------------------------------
@@ -575,7 +604,8 @@ def test_cut_off_the_primary_under_load_then_heal(processes, tmp_path):
         load.wait_writes(WRITES_BEFORE, what="the load to get going")
 
         counts = primaries_of(nodes)
-        assert counts[victim.host_id] == max(counts.values()) > 0, counts
+        assert counts[victim.host_id] > 0, counts
+        led_before = led_by(victim)
         survivors = [n for n in nodes if n is not victim]
         cut_at = time.monotonic()
         if network is not None:
@@ -583,7 +613,9 @@ def test_cut_off_the_primary_under_load_then_heal(processes, tmp_path):
         else:
             victim.signal(signal.SIGSTOP)
         try:
-            resumed = load.wait_writes(1, since=cut_at, timeout=RESUME_WITHIN, what="a write acknowledged while the primary is cut off")
+            resumed = load.wait_writes(
+                1, since=cut_at, partitions=led_before, timeout=RESUME_WITHIN, what="a write to the cut-off host's partitions"
+            )
             wait_for(lambda: failed_over(survivors, victim), what="a new primary for every partition", interval=0.2)
             failover = time.monotonic() - cut_at
             load.wait_writes(WRITES_AFTER, since=cut_at, what="writes to go on while the primary is cut off")
@@ -605,13 +637,12 @@ def test_cut_off_the_primary_under_load_then_heal(processes, tmp_path):
         summary, catch_up = verify(load, nodes, reader=victim)
         report(
             "cut off" if network is not None else f"cut off (SIGSTOP stand-in: {reason})",
-            {"cut for": cut_for, "first write after the cut": resumed - cut_at, "all partitions failed over": failover,
+            {"cut for": cut_for, "first write to its partitions after the cut": resumed - cut_at, "all partitions failed over": failover,
              "healed host in sync under load": rejoined, "caught up after the load": catch_up, **summary},
         )
         # The old primary kept running alone: it stepped down rather than going on leading.
         assert victim.running
-        assert status(victim)["replication"]["primary"] == {}
-        assert primaries_of(nodes)[victim.host_id] == 0
+        assert_stepped_down(victim, led_before)
     finally:
         if network is not None:
             # The thread goes back; the namespace lives on with its processes until the

@@ -1,0 +1,464 @@
+"""Throughput, latency and failover of a three-node nodedb cluster on loopback.
+
+    python bench/cluster.py [--count 20000] [--inflight 64] [--doc-size 100]
+                            [--outage-writes 5000] [--repeat 1] [--json] [--keep]
+
+Each run starts three real ``twistd -n nodedb`` processes on their own loopback addresses
+(127.0.0.x) with fresh data directories: the first bootstraps with ``--replicas 3``, the
+other two join through it, and the run waits until replication is complete (every partition
+has a ready primary and two followers caught up, three Voting voters). Then, from this
+process, through nodedb.client (one client per node, requests spread over them, so most go
+through a host that forwards them to the partition's primary):
+
+1. COUNT inserts, then COUNT linearizable gets of the ids they returned, INFLIGHT requests in
+   flight: ops/s, p50 and p99 latency, and the CPU of the client and of the three nodes.
+2. Failover: kill -9 of the host that is primary of the most partitions (the bootstrapping
+   host: primaries do not move for balance). From that instant every partition is probed
+   with inserts (``near`` an id of the partition) through the two survivors, a new probe per
+   partition every PROBE_EVERY seconds: the time until the first partition, and until every
+   partition, acknowledged a write again (a new primary was elected for it, with a majority
+   of its replicas).
+3. Catch-up: OUTAGE_WRITES more inserts spread over all partitions while the host is down,
+   then the host is restarted on its data directory: the time from the restart until it
+   serves requests, and until replication is complete again (every partition: a full replica
+   set, every follower at its primary's last commit, no host reporting a partition inactive).
+
+With --repeat K every figure printed is the median of K runs (a new cluster each).
+"""
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from importlib import metadata
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from single_node import (  # noqa: E402  (single_node also puts the working tree first on sys.path)
+    REPO_ROOT,
+    BenchError,
+    Child,
+    cpu_seconds,
+    drive,
+    filesystem_of,
+    make_document,
+    median_tree,
+    phase_figures,
+    positive,
+    stop_all_children,
+)
+
+from twisted.internet import defer, task, threads  # noqa: E402
+
+import nodedb  # noqa: E402
+from nodedb.client import connect  # noqa: E402
+from nodedb.errors import NodeDBError  # noqa: E402
+from nodedb.ids import IdLayout  # noqa: E402
+
+RECORD_TYPE = "bench"
+NODES = 3
+REPLICAS = 3
+PARTITIONS = 64
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+READY_DEADLINE = 30.0  # seconds a node may take to serve /status
+FORM_DEADLINE = 90.0  # seconds the cluster may take to replicate completely
+FAILOVER_DEADLINE = 60.0  # seconds every partition may take to accept writes after the kill
+CATCH_UP_DEADLINE = 120.0  # seconds the restarted host may take to catch up
+PROBE_EVERY = 0.05  # seconds between probes of one partition
+PROBE_TIMEOUT = 2.0  # seconds one probe may take
+POLL_EVERY = 0.05  # seconds between /status polls
+LAYOUT = IdLayout()
+
+
+# -- the nodes ------------------------------------------------------------------------------
+
+
+def loopback_hosts(count):
+    """*count* distinct loopback addresses, away from 127.0.0.1 and from other runs."""
+    first = 2 + os.getpid() % 200
+    return [f"127.0.0.{first + i}" for i in range(count)]
+
+
+def free_port(host):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    """One ``twistd -n nodedb`` on its own loopback address, restartable on the same data
+    directory and ports."""
+
+    def __init__(self, name, host, work_dir, args):
+        self.name = name
+        self.host = host
+        self.port = free_port(host)
+        self.admin_port = free_port(host)
+        self.work_dir = work_dir
+        self.data_dir = os.path.join(work_dir, name)
+        self.args = list(args)
+        self.runs = 0
+        self.child = None
+        self.host_id = None
+
+    @property
+    def address(self):
+        return f"{self.host}:{self.port}"
+
+    def start(self):
+        self.runs += 1
+        argv = [
+            sys.executable,
+            "-c",
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "nodedb",
+            "--data",
+            self.data_dir,
+            "--listen",
+            f"tcp:{self.port}:interface={self.host}",
+            "--admin",
+            f"tcp:{self.admin_port}:interface={self.host}",
+            *self.args,
+        ]
+        self.child = Child(f"{self.name} (run {self.runs})", argv, os.path.join(self.work_dir, f"{self.name}.{self.runs}.log"))
+
+    def kill(self):
+        """kill -9 and wait for the exit."""
+        self.child.proc.send_signal(signal.SIGKILL)
+        self.child.proc.wait()
+        self.child.stop()  # closes the log
+
+
+def _get_status(host, port, timeout):
+    """GET /status (blocking, in a thread): the JSON, or None if the node does not answer."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", "/status")
+        response = connection.getresponse()
+        body = response.read()
+    except OSError:
+        return None
+    finally:
+        connection.close()
+    return json.loads(body) if response.status == 200 else None
+
+
+class Cluster:
+    def __init__(self, reactor, work_dir):
+        self.reactor = reactor
+        self.hosts = loopback_hosts(NODES)
+        self.work_dir = work_dir
+        self.nodes = [Node("n0", self.hosts[0], work_dir, ["--replicas", str(REPLICAS)])]
+
+    async def status(self, node, timeout=2.0):
+        """The node's /status, or None if it does not answer in time."""
+        return await threads.deferToThread(_get_status, node.host, node.admin_port, timeout)
+
+    async def wait(self, condition, deadline, what, node=None):
+        """Poll ``await condition()`` until it is true; :return: the seconds it took."""
+        began = time.monotonic()
+        while True:
+            if await condition():
+                return time.monotonic() - began
+            if node is not None and node.child.proc.poll() is not None:
+                raise BenchError(f"{node.name} exited with status {node.child.proc.returncode}:\n{node.child.tail()}")
+            if time.monotonic() - began > deadline:
+                raise BenchError(f"gave up after {deadline:.0f} s waiting for {what}")
+            await task.deferLater(self.reactor, POLL_EVERY, lambda: None)
+
+    async def start_node(self, node):
+        node.start()
+
+        async def serving():
+            view = await self.status(node)
+            if view is not None:
+                node.host_id = view["host"]["id"]
+            return view is not None
+
+        return await self.wait(serving, READY_DEADLINE, f"{node.name} to serve /status", node)
+
+    async def form(self):
+        """Start every node; :return: seconds until replication was complete."""
+        began = time.monotonic()
+        await self.start_node(self.nodes[0])
+        for i in range(1, NODES):
+            node = Node(f"n{i}", self.hosts[i], self.work_dir, ["--seed", self.nodes[0].address])
+            self.nodes.append(node)
+            await self.start_node(node)
+        await self.wait(self.replicated, FORM_DEADLINE, "replication to be complete")
+        return time.monotonic() - began
+
+    async def replicated(self, nodes=None):
+        """Replication is complete among *nodes* and caught up (see the module docstring)."""
+        nodes = nodes or self.nodes
+        views = []
+        for node in nodes:
+            view = await self.status(node)
+            if view is None:
+                return False
+            views.append(view)
+        if len({(v["voting"]["leader"], v["voting"]["term"]) for v in views}) != 1:
+            return False
+        claimed = {}
+        for view in views:
+            if view["replication"]["inactive"] or len(view["voting"]["voters"]) != min(5, len(nodes)):
+                return False
+            for partition, primary in view["replication"]["primary"].items():
+                claimed.setdefault(int(partition), []).append(primary)
+        if sorted(claimed) != list(range(PARTITIONS)):
+            return False
+        for claims in claimed.values():
+            if len(claims) != 1:
+                return False
+            primary = claims[0]
+            if not primary["ready"] or primary["fenced"] or len(primary.get("followers", {})) != min(REPLICAS, len(nodes)) - 1:
+                return False
+            if any(f["resync"] is not None or f["match"] != primary["last"] for f in primary["followers"].values()):
+                return False
+        return True
+
+    async def primaries(self):
+        view = await self.status(self.nodes[0])
+        return {host: held["primary"] for host, held in view["voting"]["holdings"].items()}
+
+    def stop(self):
+        for node in self.nodes:
+            if node.child is not None:
+                node.child.stop()
+
+
+# -- measurements ---------------------------------------------------------------------------
+
+
+async def measured(nodes, phase):
+    """Run *phase* (a Deferred of ``(elapsed, latencies, results)``) and add the CPU use of
+    this process and of the nodes (their sum), in percent of one core."""
+    client_before = time.process_time()
+    before = [cpu_seconds(n.child.proc.pid) for n in nodes]
+    elapsed, latencies, results = await phase
+    client_cpu = time.process_time() - client_before
+    after = [cpu_seconds(n.child.proc.pid) for n in nodes]
+    figures = phase_figures(len(latencies), elapsed, latencies)
+    figures["client_cpu_pct"] = 100 * client_cpu / elapsed
+    if None not in before and None not in after:
+        figures["servers_cpu_pct"] = 100 * sum(a - b for a, b in zip(after, before)) / elapsed
+    return figures, results
+
+
+async def probe_partitions(reactor, clients, began):
+    """Probe every partition with inserts until each acknowledged one; :return: ``{partition:
+    seconds from *began* to the acknowledgement}``."""
+    accepted = {}
+    done = defer.Deferred()
+    turn = itertools.count()
+
+    def probe(partition):
+        if partition in accepted:
+            return
+        client = clients[next(turn) % len(clients)]
+        d = client.insert(RECORD_TYPE, {"probe": partition}, near=LAYOUT.make(partition, 1))
+
+        def acknowledged(_element_id):
+            if partition not in accepted:
+                accepted[partition] = time.monotonic() - began
+                if len(accepted) == PARTITIONS and not done.called:
+                    done.callback(None)
+
+        d.addCallbacks(acknowledged, lambda _failure: None)
+        reactor.callLater(PROBE_EVERY, probe, partition)
+
+    for partition in range(PARTITIONS):
+        probe(partition)
+    timeout = reactor.callLater(FAILOVER_DEADLINE, lambda: done.called or done.errback(
+        BenchError(f"only {len(accepted)} of {PARTITIONS} partitions accepted writes {FAILOVER_DEADLINE:.0f} s after the kill")))
+    try:
+        await done
+    finally:
+        if timeout.active():
+            timeout.cancel()
+    return accepted
+
+
+async def run_once(reactor, work_dir, args, doc):
+    os.mkdir(work_dir)
+    cluster = Cluster(reactor, work_dir)
+    clients = []
+    try:
+        figures = {"formed_s": await cluster.form()}
+        nodes = cluster.nodes
+        for i in range(NODES):
+            addresses = [n.address for n in nodes[i:] + nodes[:i]]
+            clients.append(await connect(reactor, addresses))
+        figures["insert"], ids = await measured(nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].insert(RECORD_TYPE, doc)))
+        if len(set(ids)) != args.count:
+            raise BenchError(f"{len(set(ids))} distinct ids for {args.count} inserts")
+        figures["get"], replies = await measured(nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].get(RECORD_TYPE, ids[i])))
+        wrong = sum(1 for got, _version in replies if got != doc)
+        if wrong:
+            raise BenchError(f"the wrong document for {wrong} of {args.count} gets")
+
+        # Failover: kill -9 the primary of the most partitions.
+        counts = await cluster.primaries()
+        victim = max(nodes, key=lambda n: counts.get(n.host_id, 0))
+        survivors = [n for n in nodes if n is not victim]
+        probes = []
+        for survivor in survivors:
+            probes.append(await connect(reactor, [survivor.address], timeout=PROBE_TIMEOUT))
+        killed_at = time.monotonic()
+        victim.kill()
+        accepted = await probe_partitions(reactor, probes, killed_at)
+        figures["failover"] = {
+            "victim_primaries": counts.get(victim.host_id, 0),
+            "first_partition_s": min(accepted.values()),
+            "all_partitions_s": max(accepted.values()),
+        }
+
+        # Catch-up: writes all over the partitions while it is down, then a restart.
+        outage = await drive(
+            args.outage_writes,
+            args.inflight,
+            lambda i: probes[i % len(probes)].insert(RECORD_TYPE, doc, near=LAYOUT.make(i % PARTITIONS, 1)),
+        )
+        for client in probes:
+            await client.close()
+        restarted_at = time.monotonic()
+        await cluster.start_node(victim)
+        serving = time.monotonic() - restarted_at
+        await cluster.wait(cluster.replicated, CATCH_UP_DEADLINE, "the restarted host to catch up", victim)
+        figures["restart"] = {"serving_s": serving, "caught_up_s": time.monotonic() - restarted_at}
+
+        # What it caught up on reads back through it.
+        check = await connect(reactor, [victim.address])
+        try:
+            outage_ids = outage[2]
+            for element_id in outage_ids[:: max(1, len(outage_ids) // 200)]:
+                got, _version = await check.get(RECORD_TYPE, element_id)
+                if got != doc:
+                    raise BenchError(f"element {element_id} written during the outage reads back wrong")
+        finally:
+            await check.close()
+        return figures
+    except NodeDBError as e:
+        tails = "\n".join(f"  {n.name}:\n{n.child.tail()}" for n in cluster.nodes if n.child is not None)
+        raise BenchError(f"nodedb request failed: {type(e).__name__}: {e}\n{tails}") from None
+    finally:
+        for client in clients:
+            await client.close()
+        cluster.stop()
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def report(args, m, runs, temp_root, took):
+    summary = "median of " + (f"{args.repeat} runs" if args.repeat > 1 else "1 run")
+    print(
+        f"nodedb cluster: {NODES} nodes on loopback, --replicas {REPLICAS}, {PARTITIONS} partitions; "
+        f"{args.count:,} ops per phase, {args.inflight} in flight, {args.doc_size}-byte documents, {summary}"
+    )
+    print(
+        f"python {platform.python_version()}, twisted {metadata.version('twisted')}, {os.cpu_count()} CPUs, "
+        f"data in {temp_root} ({filesystem_of(os.path.realpath(temp_root))})"
+    )
+    print()
+    print(f"  {'':<44} {'ops/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'cli%':>5} {'srv%':>5}")
+    for key, label in (("insert", "insert (majority-acknowledged, synced)"), ("get", "get (linearizable: read barrier)")):
+        f = m[key]
+        print(
+            f"  {label:<44} {f['ops_per_s']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
+            f"{f['client_cpu_pct']:>5.0f} {f.get('servers_cpu_pct', float('nan')):>5.0f}"
+        )
+    print("  (one client per node, requests spread over them; srv%: CPU of the three nodes together, % of a core)")
+    fo, rs = m["failover"], m["restart"]
+    print()
+    print(f"kill -9 of the primary of {fo['victim_primaries']:.0f} of {PARTITIONS} partitions:")
+    print(f"  writes accepted again, first partition     {fo['first_partition_s']:6.2f} s after the kill")
+    print(f"  writes accepted again, every partition     {fo['all_partitions_s']:6.2f} s after the kill   (failover)")
+    print(f"restart of the killed host after {args.outage_writes:,} writes spread over every partition:")
+    print(f"  serving requests                           {rs['serving_s']:6.2f} s after the restart")
+    print(f"  caught up: replication complete again      {rs['caught_up_s']:6.2f} s after the restart   (full replica sets, every follower at its primary's last commit, nothing inactive)")
+    print(f"cluster formed (3 nodes up and replication complete) in {m['formed_s']:.2f} s; took {took:.1f} s")
+    if args.json:
+        print(json.dumps({"config": vars(args), "median": m, "runs": runs, "seconds": took}, indent=2))
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+async def bench(reactor, args, outcome):
+    began = time.monotonic()
+    doc = make_document(args.doc_size)
+    temp_root = outcome["temp_root"] = tempfile.mkdtemp(prefix="nodedb-cluster-bench-")
+    try:
+        runs = []
+        for k in range(args.repeat):
+            started = time.monotonic()
+            print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
+            runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc))
+            r = runs[-1]
+            print(
+                f" {time.monotonic() - started:.1f} s (inserts {r['insert']['ops_per_s']:,.0f}/s, gets {r['get']['ops_per_s']:,.0f}/s, "
+                f"failover {r['failover']['all_partitions_s']:.2f} s, caught up {r['restart']['caught_up_s']:.2f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        report(args, median_tree(runs), runs, os.path.dirname(temp_root), time.monotonic() - began)
+        outcome["done"] = True
+    except BenchError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        stop_all_children()
+        if args.keep:
+            print(f"data directories and logs kept in {temp_root}", file=sys.stderr)
+        else:
+            shutil.rmtree(temp_root, ignore_errors=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=positive, default=20_000, help="operations per phase (default 20000)")
+    parser.add_argument("--inflight", type=positive, default=64, help="requests in flight (default 64)")
+    parser.add_argument("--doc-size", type=positive, default=100, help="encoded size of each document in bytes (default 100)")
+    parser.add_argument("--outage-writes", type=positive, default=5000, help="inserts while the killed host is down (default 5000)")
+    parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
+    parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
+    parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs (the path is printed)")
+    args = parser.parse_args(argv)
+    if not os.path.abspath(nodedb.__file__).startswith(REPO_ROOT + os.sep):
+        print(f"warning: nodedb imported from {nodedb.__file__}, not from {REPO_ROOT}", file=sys.stderr)
+    try:
+        make_document(args.doc_size)
+    except BenchError as e:
+        parser.error(str(e))
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    outcome = {"done": False, "temp_root": None}
+    code = 0
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args, outcome)))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        stop_all_children()
+        if outcome["temp_root"] and not args.keep:
+            shutil.rmtree(outcome["temp_root"], ignore_errors=True)
+    if code == 0 and not outcome["done"]:
+        print("\ninterrupted", file=sys.stderr)
+        code = 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
