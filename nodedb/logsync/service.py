@@ -276,6 +276,7 @@ class LogSyncService(Service):
                 continue
             primary.start = state.last_commit_id
             primary.progress = PrimaryProgress(primary.partition, primary.epoch, primary.followers, state.last_commit_id)
+            self._want(primary)
             self._log.debug("primary of partition {p} at epoch {e}", p=primary.partition, e=primary.epoch)
         self._schedule_pump()
 
@@ -289,6 +290,7 @@ class LogSyncService(Service):
             if host in old.progress:
                 progress.progress[host] = old.progress[host]
         primary.progress = progress
+        self._want(primary)
         self._check(primary)
 
     def _step_down(self, partition, write_error=None):
@@ -371,6 +373,7 @@ class LogSyncService(Service):
                 return defer.fail(errors.Timeout(f"partition {partition} changed primary during the write; "
                                                  "it may or may not be applied"))
             primary.progress.appended(commit_id)
+            self._want(primary)
             if primary.progress.committed() >= commit_id:
                 continue
             d = defer.Deferred()
@@ -449,32 +452,36 @@ class LogSyncService(Service):
 
     def _pump(self):
         self._pumping = None
-        by_host = {}
-        for primary in self._primaries.values():
-            if primary.ready:
-                for host in primary.progress.progress:
-                    by_host.setdefault(host, []).append(primary)
-        for host, primaries in by_host.items():
-            link = self._link(host)
-            if not link.in_flight:
-                self._send(link, primaries)
+        for link in list(self._links.values()):
+            if not link.in_flight and (link.force or link.wanted):
+                self._send(link)
 
-    def _send(self, link, primaries):
+    def _want(self, primary, hosts=None):
+        """Ship *primary*'s partition to *hosts* (its followers by default) soon."""
+        for host in primary.progress.progress if hosts is None else hosts:
+            self._link(host).wanted.add(primary.partition)
+        self._schedule_pump()
+
+    def _send(self, link):
+        """One ``logsync.append`` to *link*'s host: every partition it follows on a heartbeat
+        (``force``), else those with something to ship or a read waiting."""
+        if link.force:
+            candidates = self._primaries.values()
+        else:
+            candidates = [self._primaries[p] for p in sorted(link.wanted) if p in self._primaries]
         parts, sent, size = [], [], 0
-        for primary in primaries:
-            state = primary.progress.progress[link.host]
-            idle = state.resync is None and state.next > primary.progress.last
-            if idle and not link.force and primary.partition not in link.wanted:
+        for primary in candidates:
+            if not primary.ready or link.host not in primary.progress.progress:
                 continue
-            part, kind, part_size = self._part(primary, link.host, state)
-            if part is None:
-                continue
+            part, kind, part_size = self._part(primary, link.host, primary.progress.progress[link.host])
             parts.append(part)
             sent.append((primary, kind))
             size += part_size
             if size >= self.timing.batch_bytes:
                 break
         if not parts:
+            link.force = False
+            link.wanted.clear()
             return
         address = self.address_of(link.host)
         if address is None:
@@ -569,6 +576,9 @@ class LogSyncService(Service):
             except (TypeError, ValueError):
                 continue
             self._answer(primary, link.host, kind, sequence, bool(accepted), last, last_epoch, epoch, bool(syncing))
+            state = primary.progress.progress.get(link.host) if primary.ready else None
+            if state is not None and (state.resync is not None or state.next <= primary.progress.last):
+                link.wanted.add(primary.partition)  # more to ship
         self._schedule_pump()
 
     def _answer(self, primary, host, kind, sequence, accepted, last, last_epoch, epoch, syncing):
@@ -798,6 +808,7 @@ class LogSyncService(Service):
             return defer.fail(errors.Unavailable(f"partition {partition} is already being handed over"))
         d = defer.Deferred()
         primary.handoff = (follower, self.clock.seconds() + self.timing.handoff_timeout, d)
+        self._want(primary, [follower])
         self._log.info("handing partition {p} over to {host}", p=partition, host=follower)
 
         def finished(result):
