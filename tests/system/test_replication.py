@@ -23,7 +23,7 @@ import pytest
 from nodedb.ids import IdLayout
 from nodedb.testing.history import ABSENT, Operation, check_linearizable, lost_writes
 
-from .harness import TIMEOUT, NodeProcess, WaitTimeout, WireClient, wait_for
+from .harness import TIMEOUT, NodeProcess, WaitTimeout, WireClient, WireError, wait_for
 
 pytestmark = pytest.mark.system
 
@@ -266,27 +266,54 @@ class LoadRun:
 
 def read_everything(node, ids):
     """``{id: (doc, version, start, end)}``: a linearizable get of each of *ids* through *node*
-    (doc ABSENT for NotFound), pipelined in slices; start and end bracket each slice."""
+    (doc ABSENT for NotFound), pipelined in slices; start and end bracket each slice. A get
+    answered Unavailable (a partition changing primary: nothing was read) is asked again, as
+    the client library would."""
     found = {}
-    ids = sorted(ids)
+    left = sorted(ids)
     with WireClient(node.address) as client:
-        for first in range(0, len(ids), 500):
-            chunk = ids[first : first + 500]
-            start = time.monotonic()
-            request_ids = {client.request("get", type=RECORD_TYPE, key=i): i for i in chunk}
-            replies = {}
-            while len(replies) < len(chunk):
-                reply = client.receive()
-                replies[request_ids[reply["id"]]] = reply
-            end = time.monotonic()
-            for element_id, reply in replies.items():
-                if "ok" in reply:
-                    doc, version = reply["ok"]
-                    found[element_id] = (doc, version, start, end)
-                else:
-                    assert reply["error"]["type"] == "NotFound", (element_id, reply)
-                    found[element_id] = (ABSENT, None, start, end)
+
+        def read_round():
+            unavailable = []
+            for first in range(0, len(left), 500):
+                chunk = left[first : first + 500]
+                start = time.monotonic()
+                request_ids = {client.request("get", type=RECORD_TYPE, key=i): i for i in chunk}
+                replies = {}
+                while len(replies) < len(chunk):
+                    reply = client.receive()
+                    replies[request_ids[reply["id"]]] = reply
+                end = time.monotonic()
+                for element_id, reply in replies.items():
+                    if "ok" in reply:
+                        doc, version = reply["ok"]
+                        found[element_id] = (doc, version, start, end)
+                    elif reply["error"]["type"] == "NotFound":
+                        found[element_id] = (ABSENT, None, start, end)
+                    else:
+                        assert reply["error"]["type"] == "Unavailable", (element_id, reply)
+                        unavailable.append(element_id)
+            left[:] = unavailable
+            return not left
+
+        wait_for(read_round, what="a final read of every element", interval=0.1)
     return found
+
+
+def scan_everything(node):
+    """``{id: doc}`` of every element of the record type, by a scan through *node* (started
+    again if a partition is changing primary)."""
+
+    def scan():
+        with WireClient(node.address) as client:
+            try:
+                return {element_id: doc for element_id, doc, _version in client.scan_all(RECORD_TYPE)}
+            except WireError as e:
+                if e.type == "Unavailable":
+                    return None
+                raise
+
+    return wait_for(scan, what="a full scan", interval=0.1)
 
 
 def _open_ended(op):
@@ -397,8 +424,7 @@ def verify(load, nodes, reader):
     final = read_everything(reader, inserted)
     with open(load.history_path.with_suffix(".final.json"), "w") as f:  # for a post-mortem
         json.dump({str(i): [doc, version] for i, (doc, version, _s, _e) in final.items()}, f)
-    with WireClient(reader.address) as client:
-        scanned = {element_id: doc for element_id, doc, _version in client.scan_all(RECORD_TYPE)}
+    scanned = scan_everything(reader)
     summary = check_history(records, final, scanned)
     for node in nodes:
         tracebacks = [line for line in node.problems() if "Traceback" in line]
