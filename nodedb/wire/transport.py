@@ -107,7 +107,8 @@ class PeerTransport(Service):
 
     def _sweep(self):
         now = self.clock.seconds()
-        for peer in self._peers.values():
+        # A failed call's errback may open or close a connection: iterate over a copy.
+        for peer in list(self._peers.values()):
             peer.sweep(now)
 
     def _beat(self):
