@@ -24,3 +24,26 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report
+
+
+@pytest.fixture(autouse=True)
+def no_logged_failures():
+    """A simulated test fails if any node logged a failure or an error (an unhandled error
+    in a Deferred included): bugs that do not break the run's checks still show."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    seen = []
+
+    def observe(event):
+        if "log_failure" in event or event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    if seen:
+        first = seen[0]
+        detail = first["log_failure"].getTraceback() if "log_failure" in first else formatEvent(first)
+        pytest.fail(f"{len(seen)} failures logged; the first:\n{detail}")
