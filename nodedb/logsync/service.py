@@ -27,12 +27,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodedb import errors
-from nodedb.ids import check_element_id
+from nodedb.ids import IdLayout, check_element_id
 from nodedb.interfaces import ILogSync
 from nodedb.logsync.state import PrimaryProgress, answers_needed, choose_primary
 from nodedb.storage import Append, LogEntry, Load, Promise, Reset, Truncate
 from nodedb.storage.apply import epoch_at
 from nodedb.wire import codec
+
+
+_LAYOUT = IdLayout()
 
 
 @dataclass(frozen=True)
@@ -103,25 +106,32 @@ def _int(value, name):
     return value
 
 
-def _entry(partition, value):
+def _element_of(partition, element_id, layout):
+    check_element_id(element_id)
+    if layout.partition_of(element_id) != partition:
+        raise errors.InvalidRequest(f"logsync: element {element_id} is not in partition {partition}")
+    return element_id
+
+
+def _entry(partition, value, layout):
     if type(value) is not list or len(value) != 7:
         raise errors.InvalidRequest("logsync: malformed log entry")
     commit_id, epoch, timestamp, change, record_type, element_id, data = value
     _int(commit_id, "commit id")
     _int(epoch, "epoch")
     codec.check_type_name(record_type)
-    check_element_id(element_id)
-    if type(timestamp) not in (int, float) or change not in (0, 1, 2) or type(data) is not bytes:
+    _element_of(partition, element_id, layout)
+    if type(timestamp) not in (int, float) or type(change) is not int or change not in (0, 1, 2) or type(data) is not bytes:
         raise errors.InvalidRequest("logsync: malformed log entry")
     return LogEntry.from_wire(partition, value)
 
 
-def _element(value):
+def _element(partition, value, layout):
     if type(value) is not list or len(value) != 4:
         raise errors.InvalidRequest("logsync: malformed element")
     record_type, element_id, data, version = value
     codec.check_type_name(record_type)
-    check_element_id(element_id)
+    _element_of(partition, element_id, layout)
     _int(version, "version")
     if type(data) is not bytes:
         raise errors.InvalidRequest("logsync: malformed element")
@@ -134,9 +144,10 @@ def _pair(value, name):
     return (_int(value[0], name), _int(value[1], name))
 
 
-def parse_part(part, max_partition):
+def parse_part(part, max_partition, layout=_LAYOUT):
     """The storage units of one part of a ``logsync.append`` message (checked field by
-    field: a peer's bytes never reach storage unchecked)."""
+    field: a peer's bytes never reach storage unchecked; every element must belong to the
+    part's partition under *layout*)."""
     if type(part) is not dict:
         raise errors.InvalidRequest("logsync: a part is a map")
     partition = _int(part.get("p"), "partition")
@@ -154,14 +165,15 @@ def parse_part(part, max_partition):
         if type(elements) is not list:
             raise errors.InvalidRequest("logsync: load is a list")
         done = part.get("done")
-        units.append(Load(partition, epoch, [_element(e) for e in elements], None if done is None else _pair(done, "done")))
+        loaded = [_element(partition, e, layout) for e in elements]
+        units.append(Load(partition, epoch, loaded, None if done is None else _pair(done, "done")))
     if "prev" in part:
         entries = part.get("entries", [])
         if type(entries) is not list:
             raise errors.InvalidRequest("logsync: entries is a list")
         truncate = _int(part.get("trunc", 0), "trunc")
         start = _int(part.get("start", 0), "start")
-        entries = [_entry(partition, e) for e in entries]
+        entries = [_entry(partition, e, layout) for e in entries]
         units.append(Append(partition, epoch, _pair(part["prev"], "prev"), entries, truncate, start))
     if not units:
         raise errors.InvalidRequest("logsync: a part carries prev, reset or load")
@@ -688,7 +700,7 @@ class LogSyncService(Service):
         parts = request.get("parts")
         if type(parts) is not list or not parts:
             raise errors.InvalidRequest("logsync.append: parts is a non-empty list")
-        parsed = [parse_part(part, self.partitions) for part in parts]
+        parsed = [parse_part(part, self.partitions, self.storage.layout) for part in parts]
         units = [unit for _partition, part_units in parsed for unit in part_units]
         d = self.storage.replicate(units)
         d.addCallback(self._appended, parts, parsed)

@@ -114,15 +114,14 @@ def primary_moves(state, views, settings):
             continue
         if not all(h in healthy and healthy[h].in_sync(partition) for h in assignment.replicas[1:]):
             continue
-        followers = sorted(assignment.replicas[1:], key=lambda h: (weight(h), h))
-        if not followers:
-            continue
-        best = followers[0]
-        # Move only when it makes the two hosts more even than they are.
-        if weight(best, 1) < weight(primary) and led[primary] - led[best] > 1:
-            moves[partition] = best
-            led[primary] -= 1
-            led[best] += 1
+        # The follower that would lead the least after the move, if that evens things out
+        # (it would then be less loaded than the primary is now).
+        for follower in sorted(assignment.replicas[1:], key=lambda h: (weight(h, 1), h)):
+            if weight(follower, 1) < weight(primary) and led[primary] - led[follower] > 1:
+                moves[partition] = follower
+                led[primary] -= 1
+                led[follower] += 1
+                break
     return moves
 
 

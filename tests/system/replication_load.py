@@ -8,7 +8,9 @@ It opens one client per address (each client starts with its own address and fai
 the others, so the load reaches every node) and issues about RATE operations a second, at
 most IN_FLIGHT at a time (each client its share of them): inserts of new elements, updates of elements it inserted (never two
 writes of one element in flight at once, so each element's writes are a sequence), and gets of
-any element it inserted. It stops when STOP_FILE exists or after DURATION seconds, waits for
+any element it inserted. Half the inserts (``--spread``) go ``near`` a random partition, so
+that every partition holds elements and gets updates; the others go where the receiving host
+puts them. It stops when STOP_FILE exists or after DURATION seconds, waits for
 what is in flight, and exits 0.
 
 Every finished operation is one JSON line in HISTORY, flushed at once::
@@ -41,6 +43,7 @@ from twisted.python.failure import Failure
 
 from nodedb import errors
 from nodedb.client import connect
+from nodedb.ids import IdLayout
 
 
 def document(tag, n, c):
@@ -65,6 +68,7 @@ class Load:
         self.args = args
         self.output = output
         self.rng = random.Random(args.seed)
+        self.layout = IdLayout()
         self.next_n = 0
         self.elements = []  # [{"id", "n", "c", "busy"}] of acknowledged inserts
         self.in_flight = 0
@@ -140,6 +144,9 @@ class Load:
         n = self.next_n
         self.next_n += 1
         doc = document(self.args.tag, n, 0)
+        near = None
+        if self.rng.random() < self.args.spread:
+            near = self.layout.make(self.rng.randrange(self.args.partitions), 1)
 
         def finished(result, start):
             end = time.monotonic()
@@ -153,7 +160,7 @@ class Load:
             self.count("insert ok")
             return None
 
-        self.launch(via, self.clients[via].insert(self.args.type, doc), finished)
+        self.launch(via, self.clients[via].insert(self.args.type, doc, near=near), finished)
 
     def update(self, via, element):
         element["busy"] = True
@@ -233,6 +240,9 @@ def parse(argv):
     parser.add_argument("--rate", type=float, default=300.0, help="operations per second (default 300)")
     parser.add_argument("--in-flight", type=int, default=48, help="most operations at once (default 48)")
     parser.add_argument("--inserts", type=float, default=0.3, help="share of inserts (default 0.3); the rest is half updates, half gets")
+    parser.add_argument("--spread", type=float, default=0.5,
+                        help="share of inserts placed near a random partition, so that every partition gets elements (default 0.5)")
+    parser.add_argument("--partitions", type=int, default=64, help="the cluster's partition count (default 64)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds each request may take (default 5)")
     parser.add_argument("--stop-file", default=None, help="stop once this file exists")
     parser.add_argument("--duration", type=float, default=120.0, help="stop after this many seconds anyway (default 120)")

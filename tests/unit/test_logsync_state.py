@@ -232,6 +232,15 @@ def test_a_resync_holds_truncation_at_its_base_and_counts_for_commit_only_when_d
     assert progress.fully_replicated() == 15 and progress.committed() == 15
 
 
+def test_a_resync_forgets_what_the_follower_held():
+    progress = PrimaryProgress(0, 2, ("b", "c"), last=10)
+    progress.accepted("b", 10, 1)
+    assert progress.committed() == 10
+    progress.start_resync("b", 10, 2, ["doc"])  # the reset drops its copy
+    assert progress.progress["b"].match == 0
+    assert progress.committed() == 0
+
+
 def test_a_resyncing_follower_does_not_count_for_commit():
     progress = PrimaryProgress(0, 2, ("b", "c"), last=10)
     progress.start_resync("b", 10, 2, ["doc"])

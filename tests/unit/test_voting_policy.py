@@ -1,6 +1,17 @@
 """The voting leader's policy and the cluster state, driven by hand."""
 
-from nodedb.voting.policy import HostView, VotingSettings, assignment_decision, membership_decisions, next_config
+import pytest
+
+from nodedb.voting.policy import (
+    HostView,
+    VotingSettings,
+    assignment_decision,
+    failover_assignment,
+    failover_partitions,
+    membership_decisions,
+    next_config,
+    primary_moves,
+)
 from nodedb.voting.state import MAX_EPOCH, Assignment, ClusterState, sequence_range
 
 SETTINGS = VotingSettings(remove_after=60.0, replace_voter_after=10.0, min_free_bytes=0)
@@ -128,3 +139,260 @@ def test_followers_are_rebalanced_onto_a_new_host_but_primaries_stay():
         for host in assignment.replicas[1:]:
             followers[host] += 1
     assert max(followers.values()) - min(followers.values()) <= 1
+
+
+# -- failover ----------------------------------------------------------------------------------
+
+
+def replicated(hosts=("a", "b", "c"), partitions=4, replicas=3, primary="a"):
+    """A cluster whose every partition has *hosts* as its replica set, *primary* first."""
+    state = cluster(tuple(dict.fromkeys((primary, *hosts))), partitions=partitions, replicas=replicas)
+    order = [primary, *[h for h in hosts if h != primary]]
+    assert state.apply({"op": "assign", "map": {str(p): [order, 0] for p in range(partitions)}})
+    return state
+
+
+def test_a_partition_fails_over_once_its_primary_was_unavailable_long_enough():
+    state = replicated()
+    seen = views("a", "b", "c", down={"a"}, since=10.0)
+    assert failover_partitions(state, seen, 10.4, SETTINGS) == set()
+    assert failover_partitions(state, seen, 10.5, SETTINGS) == {0, 1, 2, 3}
+    assert failover_partitions(state, seen, 500.0, SETTINGS) == {0, 1, 2, 3}
+
+
+def test_no_failover_while_the_primary_is_available_or_only_a_follower_is_down():
+    state = replicated()
+    assert failover_partitions(state, views("a", "b", "c"), 100.0, SETTINGS) == set()
+    assert failover_partitions(state, views("a", "b", "c", down={"b", "c"}, since=0.0), 100.0, SETTINGS) == set()
+    # Unavailable, but with no time it became so: not counted as down long enough.
+    seen = views("a", "b", "c")
+    seen["a"] = HostView("a", "a:1", "c1", False, None, 10**12)
+    assert failover_partitions(state, seen, 100.0, SETTINGS) == set()
+    # A primary the leader has no view of at all is not failed over on that account.
+    assert failover_partitions(state, views("b", "c"), 100.0, SETTINGS) == set()
+
+
+def test_only_the_partitions_of_the_down_primary_fail_over():
+    state = replicated()
+    assert state.apply({"op": "assign", "map": {"1": [["b", "a", "c"], 1], "3": [["c", "a", "b"], 1]}})
+    seen = views("a", "b", "c", down={"a"}, since=0.0)
+    assert failover_partitions(state, seen, 1.0, SETTINGS) == {0, 2}
+
+
+def test_a_partition_with_one_replica_never_fails_over():
+    state = cluster(("a", "b"), replicas=1)
+    assert all(len(a.replicas) == 1 for a in state.assignments.values())
+    seen = views("a", "b", down={"a"}, since=0.0)
+    assert failover_partitions(state, seen, 1000.0, SETTINGS) == set()
+    assert failover_partitions(state, seen, 1000.0, SETTINGS, wanted={0: 0, 1: 0}) == set()
+
+
+def test_a_primary_that_asked_for_an_election_of_its_epoch_gets_one():
+    state = replicated()
+    assert state.apply({"op": "assign", "map": {"2": [["a", "b", "c"], 3]}})
+    seen = views("a", "b", "c")
+    assert failover_partitions(state, seen, 0.0, SETTINGS, wanted={0: 0, 2: 3}) == {0, 2}
+    # A wish for an epoch the partition has left (or not reached) is stale.
+    assert failover_partitions(state, seen, 0.0, SETTINGS, wanted={0: 1, 2: 2}) == set()
+
+
+def test_a_partition_out_of_epochs_does_not_fail_over():
+    state = replicated()
+    state.assignments[0] = Assignment(("a", "b", "c"), MAX_EPOCH)
+    seen = views("a", "b", "c", down={"a"}, since=0.0)
+    assert failover_partitions(state, seen, 100.0, SETTINGS, wanted={0: MAX_EPOCH}) == {1, 2, 3}
+
+
+def test_failover_assignment_puts_the_new_primary_first_keeps_the_old_one_and_raises_the_epoch():
+    old = Assignment(("a", "b", "c"), 4)
+    assert failover_assignment(old, "c") == Assignment(("c", "a", "b"), 5)
+    assert failover_assignment(old, "b") == Assignment(("b", "a", "c"), 5)
+    assert failover_assignment(old, "a") == Assignment(("a", "b", "c"), 5)  # re-elected: a new epoch still
+    assert failover_assignment(Assignment(("a", "b"), 0), "b") == Assignment(("b", "a"), 1)
+
+
+def test_a_failover_assignment_is_accepted_by_the_cluster_state():
+    state = replicated()
+    new = failover_assignment(state.assignments[0], "b")
+    assert state.apply({"op": "assign", "map": {"0": new.to_data()}})
+    assert state.assignments[0] == Assignment(("b", "a", "c"), 1)
+
+
+def test_a_host_that_leads_a_replicated_partition_is_not_removed_until_it_failed_over():
+    state = replicated()
+    seen = views("a", "b", "c", down={"a"}, since=0.0)
+    decisions, _ = membership_decisions(state, seen, 1000.0, SETTINGS)
+    assert decisions == []
+    # Once every partition it led has failed over, it goes.
+    changes = {str(p): failover_assignment(state.assignments[p], "b").to_data() for p in range(2)}
+    assert state.apply({"op": "assign", "map": changes})
+    assert membership_decisions(state, seen, 1000.0, SETTINGS)[0] == []  # still leads 2 and 3
+    changes = {str(p): failover_assignment(state.assignments[p], "c").to_data() for p in (2, 3)}
+    assert state.apply({"op": "assign", "map": changes})
+    decisions, _ = membership_decisions(state, seen, 1000.0, SETTINGS)
+    assert decisions == [{"op": "remove", "host": "a", "at": 1000.0}]
+
+
+def test_a_follower_and_a_lone_primary_are_removed_as_usual():
+    state = replicated()
+    decisions, _ = membership_decisions(state, views("a", "b", "c", down={"c"}, since=0.0), 1000.0, SETTINGS)
+    assert decisions == [{"op": "remove", "host": "c", "at": 1000.0}]
+    # A host that leads only partitions it holds alone has nothing to fail over to.
+    alone = cluster(("a", "b"), replicas=1)
+    decisions, _ = membership_decisions(alone, views("a", "b", down={"a"}, since=0.0), 1000.0, SETTINGS)
+    assert decisions == [{"op": "remove", "host": "a", "at": 1000.0}]
+
+
+# -- planned primary moves ---------------------------------------------------------------------
+
+
+def moves_settings(per_round):
+    return VotingSettings(remove_after=60.0, replace_voter_after=10.0, min_free_bytes=0, moves_per_round=per_round)
+
+
+def led_after(state, moves):
+    counts = {h: 0 for h in state.members}
+    for partition, assignment in state.assignments.items():
+        counts[moves.get(partition, assignment.primary)] += 1
+    return counts
+
+
+def apply_moves(state, moves):
+    changes = {str(p): failover_assignment(state.assignments[p], host).to_data() for p, host in moves.items()}
+    if changes:
+        assert state.apply({"op": "assign", "map": changes})
+
+
+def test_primaries_move_from_the_busiest_host_to_in_sync_followers():
+    state = replicated(partitions=8)
+    moves = primary_moves(state, synced_views(state, "a", "b", "c"), moves_settings(4))
+    assert moves == {0: "b", 1: "c", 2: "b", 3: "c"}
+
+
+def test_at_most_moves_per_round_and_no_more_than_evens_out():
+    state = replicated(partitions=8)
+    seen = synced_views(state, "a", "b", "c")
+    assert primary_moves(state, seen, moves_settings(1)) == {0: "b"}
+    moves = primary_moves(state, seen, moves_settings(100))
+    assert all(host in ("b", "c") for host in moves.values())
+    counts = led_after(state, moves)
+    assert sum(counts.values()) == 8 and max(counts.values()) - min(counts.values()) <= 1
+    # Done: once applied, nothing more moves.
+    apply_moves(state, moves)
+    assert primary_moves(state, synced_views(state, "a", "b", "c"), moves_settings(100)) == {}
+
+
+def test_rounds_of_moves_converge_and_then_stop():
+    state = replicated(partitions=9)
+    for _ in range(10):
+        moves = primary_moves(state, synced_views(state, "a", "b", "c"), moves_settings(2))
+        assert len(moves) <= 2
+        if not moves:
+            break
+        apply_moves(state, moves)
+    else:
+        raise AssertionError("primary moves did not settle")
+    assert sorted(state.primary_partitions(h).__len__() for h in "abc") == [3, 3, 3]
+
+
+def test_no_move_when_balanced_within_one():
+    state = replicated(partitions=4)
+    apply_moves(state, {1: "b", 2: "c"})  # a leads 2, b 1, c 1
+    assert primary_moves(state, synced_views(state, "a", "b", "c"), moves_settings(10)) == {}
+    # Two apart is not balanced: a leads 2, b and c none.
+    state = replicated(partitions=2)
+    assert primary_moves(state, synced_views(state, "a", "b", "c"), moves_settings(10)) == {0: "b"}
+
+
+def test_no_move_of_a_partition_with_a_syncing_follower():
+    state = replicated(partitions=8)
+    seen = synced_views(state, "a", "b", "c")
+    seen["b"] = HostView("b", "b:1", "c1", True, None, 10**12, partitions=frozenset(range(8)), syncing=frozenset({0, 1}))
+    seen["c"] = HostView("c", "c:1", "c1", True, None, 10**12, partitions=frozenset(range(1, 8)))  # no copy of 0 yet
+    moves = primary_moves(state, seen, moves_settings(4))
+    assert 0 not in moves and 1 not in moves
+    assert moves == {2: "b", 3: "c", 4: "b", 5: "c"}
+
+
+def test_no_move_to_or_with_an_unavailable_follower():
+    state = cluster(("a", "b", "c", "d"), partitions=8)
+    changes = {str(p): [["a", "b", "c"] if p < 4 else ["a", "c", "d"], 0] for p in range(8)}
+    assert state.apply({"op": "assign", "map": changes})
+    seen = synced_views(state, "a", "b", "c", "d")
+    seen["b"] = HostView("b", "b:1", "c1", False, 5.0, 10**12, partitions=frozenset(range(4)))
+    moves = primary_moves(state, seen, moves_settings(100))
+    assert moves and set(moves) <= {4, 5, 6, 7}
+    assert "b" not in moves.values()
+
+
+def test_no_move_away_from_an_unavailable_primary():
+    state = replicated(partitions=8)
+    seen = synced_views(state, "a", "b", "c")
+    seen["a"] = HostView("a", "a:1", "c1", False, 5.0, 10**12, partitions=frozenset(range(8)))
+    assert primary_moves(state, seen, moves_settings(100)) == {}
+
+
+def test_no_move_of_a_partition_whose_replica_set_is_being_changed():
+    state = cluster(("a", "b", "c", "d"), partitions=8)
+    changes = {str(p): [["a", "b", "c"], 0] for p in range(8)}
+    changes["0"] = [["a", "b", "c", "d"], 0]  # a follower move under way: one replica too many
+    changes["1"] = [["a", "b"], 0]  # still filling up
+    assert state.apply({"op": "assign", "map": changes})
+    seen = synced_views(state, "a", "b", "c", "d")
+    moves = primary_moves(state, seen, moves_settings(100))
+    assert moves and 0 not in moves and 1 not in moves
+
+
+def test_a_faster_follower_takes_more_primaries():
+    state = replicated(partitions=8)
+    seen = synced_views(state, "a", "b", "c")
+    seen["b"] = HostView("b", "b:1", "c1", True, None, 10**12, cpu_rating=3.0, partitions=frozenset(range(8)))
+    moves = primary_moves(state, seen, moves_settings(100))
+    counts = led_after(state, moves)
+    assert counts["b"] > counts["c"]
+
+
+def settle(state, seen, per_round=4, rounds=20):
+    for _ in range(rounds):
+        moves = primary_moves(state, seen, moves_settings(per_round))
+        if not moves:
+            return
+        apply_moves(state, moves)
+    raise AssertionError("primary moves did not settle")
+
+
+def worthwhile_moves(state, seen):
+    """``(partition, follower)`` that the move rule itself (a follower leading at least two
+    fewer, and lighter by CPU-weighted count even after taking one more) would accept."""
+    led = {h: len(state.primary_partitions(h)) for h in seen}
+
+    def weight(host, extra=0):
+        return (led[host] + extra) / max(seen[host].cpu_rating, 0.1)
+
+    found = []
+    for partition, assignment in sorted(state.assignments.items()):
+        for follower in assignment.replicas[1:]:
+            if led[assignment.primary] - led[follower] > 1 and weight(follower, 1) < weight(assignment.primary):
+                found.append((partition, follower))
+    return found
+
+
+def with_cpu(seen, host, rating):
+    view = seen[host]
+    return {**seen, host: HostView(host, view.address, view.cluster_id, True, None, view.free_bytes, cpu_rating=rating,
+                                   partitions=view.partitions, syncing=view.syncing)}
+
+
+def test_a_slow_follower_does_not_keep_a_fast_one_from_taking_primaries():
+    state = replicated(partitions=8)
+    seen = with_cpu(synced_views(state, "a", "b", "c"), "b", 0.1)
+    settle(state, seen)
+    assert len(state.primary_partitions("c")) >= 3
+    assert worthwhile_moves(state, seen) == []
+
+
+def test_moves_stop_only_when_no_follower_would_even_things_out():
+    state = replicated(partitions=8)
+    seen = with_cpu(synced_views(state, "a", "b", "c"), "b", 3.0)
+    settle(state, seen)
+    assert worthwhile_moves(state, seen) == []
