@@ -1,34 +1,36 @@
 """A steady mix of inserts, updates and linearizable gets against a cluster, recording a history.
 
     python replication_load.py --connect HOST:PORT[,HOST:PORT...] --out HISTORY --tag TAG
-                               [--type T] [--rate 300] [--in-flight 48] [--timeout 5]
+                               [--type T] [--rate 300] [--in-flight 48] [--inserts 0.3]
+                               [--spread 0.5] [--partitions 64] [--timeout 5]
                                [--stop-file PATH] [--duration 120] [--seed 1]
 
 It opens one client per address (each client starts with its own address and fails over to
 the others, so the load reaches every node) and issues about RATE operations a second, at
-most IN_FLIGHT at a time (each client its share of them): inserts of new elements, updates of elements it inserted (never two
-writes of one element in flight at once, so each element's writes are a sequence), and gets of
-any element it inserted. Half the inserts (``--spread``) go ``near`` a random partition, so
-that every partition holds elements and gets updates; the others go where the receiving host
-puts them. It stops when STOP_FILE exists or after DURATION seconds, waits for
-what is in flight, and exits 0.
+most IN_FLIGHT at a time, each client its share of them (a client whose node froze does not
+hold up the others). The operations are inserts of new elements, updates of elements it
+inserted (never two writes of one element in flight at once, so each element's writes are a
+sequence) and gets of any element it inserted. A share of the inserts (``--spread``) goes
+``near`` a random partition, so that every partition holds elements and gets updates; the
+others go where the receiving host puts them. It stops when STOP_FILE exists or after
+DURATION seconds, waits for what is in flight, and exits 0.
 
 Every finished operation is one JSON line in HISTORY, flushed at once::
 
     {"op": "insert" | "update" | "get", "id": ID or null, "doc": DOC or null, "version": V or null,
      "start": T0, "end": T1, "ok": true | false | null, "error": NAME or null, "via": I}
 
-``start`` and ``end`` are ``time.monotonic()`` (the same clock in every process of the machine),
-taken before the request is sent and after its answer arrived. ``ok`` is true when the cluster
-acknowledged the operation, false when it certainly did not happen (an error answered by a
-node: a remote Unavailable, Conflict, NotFound...), and null when the outcome is unknown (a
-Timeout, a lost connection). A get's ``doc`` is what it read (null with ``error: "NotFound"``
-and ``ok: true``: the element was absent). An insert whose outcome is unknown has no id. ``via`` is the index in
-``--connect`` of the client's first address.
+``start`` and ``end`` are ``time.monotonic()`` (the same clock in every process of the
+machine), taken before the request is sent and after its answer arrived. ``ok`` is true when
+the cluster acknowledged the operation, false when it certainly did not happen (an error
+answered by a node: a remote Unavailable, Conflict, NotFound...), and null when the outcome is
+unknown (a Timeout, a lost connection). A get's ``doc`` is what it read (null with ``error:
+"NotFound"`` and ``ok: true``: the element was absent). An insert whose outcome is unknown has
+no id. ``via`` is the index in ``--connect`` of the client's first address.
 
-Document of element N at its C-th write (0: the insert): ``{"tag": TAG, "n": N, "c": C, "pad": ...}``;
-every write of an element writes a value never written before.
-The last line is ``{"done": true, "counts": {...}}``.
+Document of element N at its C-th write (0: the insert):
+``{"tag": TAG, "n": N, "c": C, "pad": ...}``; every write of an element writes a value never
+written before. The last line is ``{"done": true, "counts": {...}}``.
 """
 
 import argparse
