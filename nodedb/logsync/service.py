@@ -29,7 +29,7 @@ from zope.interface import implementer
 from nodedb import errors
 from nodedb.ids import IdLayout, check_element_id
 from nodedb.interfaces import ILogSync
-from nodedb.logsync.state import PrimaryProgress, answers_needed, choose_primary
+from nodedb.logsync.state import PrimaryProgress, choose_primary, majority
 from nodedb.storage import Append, LogEntry, Load, Promise, Reset, Truncate
 from nodedb.storage.apply import epoch_at
 from nodedb.wire import codec
@@ -765,7 +765,7 @@ class LogSyncService(Service):
             the answer).
         :param prefer: ``{partition: host}`` to pick when it is among the most complete.
         :return: a Deferred that fires with ``{partition: host}`` for the partitions where
-            enough replicas answered (see :func:`nodedb.logsync.state.answers_needed`).
+            a majority of the replicas answered (see :func:`nodedb.logsync.state.majority`).
         """
         by_host = {}
         for partition, (epoch, replicas) in requests.items():
@@ -798,7 +798,7 @@ class LogSyncService(Service):
                     answers[partition][host] = (answer[1], answer[2], bool(answer[3]))
         chosen = {}
         for partition, (_epoch, replicas) in requests.items():
-            if len(answers[partition]) >= answers_needed(len(replicas)):
+            if len(answers[partition]) >= majority(len(replicas)):
                 host = choose_primary(answers[partition], prefer.get(partition))
                 if host is not None:
                     chosen[partition] = host

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 
 
 def majority(count):
-    """How many of *count* replicas make a majority."""
+    """How many of *count* replicas make a majority: of the replica set for a write to be
+    acknowledged, and of the replica set for a failover to choose a new primary.
+
+    Any two majorities of one set meet, and so do majorities of two sets that differ by one
+    replica (the partition map changes a replica set one replica at a time, as Raft changes
+    its configuration): so the answers of a failover always include a replica that holds
+    every acknowledged write, even one acknowledged just before the set changed."""
     return count // 2 + 1
-
-
-def answers_needed(count):
-    """How many replicas of a set of *count* must answer a failover so that at least one of
-    them holds every acknowledged write (which a majority holds)."""
-    return count - majority(count) + 1
 
 
 def choose_primary(answers, prefer=None):

@@ -176,11 +176,11 @@ def assignment_decision(state, views, settings):
         replicas = list(assignment.replicas)
         if len(replicas) >= target or (not replicas and assignment.epoch >= MAX_EPOCH):
             continue
-        while len(replicas) < target:
-            others = [views[h].coordinate for h in replicas if h in views]
-            choices = [h for h in candidates if h not in replicas]
-            if not choices:
-                break
+        # One replica at a time: consecutive replica sets then always share a majority,
+        # which failover relies on (see nodedb.logsync.state.majority).
+        others = [views[h].coordinate for h in replicas if h in views]
+        choices = [h for h in candidates if h not in replicas]
+        if choices:
             best = max(sorted(choices), key=lambda h: _score(h, candidates[h], load, others))
             replicas.append(best)
             load[best] = load.get(best, 0) + 1

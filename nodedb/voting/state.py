@@ -139,6 +139,8 @@ class ClusterState:
                 continue
             if new.primary != current.primary and new.epoch == current.epoch and current.primary is not None:
                 continue  # a new primary always takes a new epoch (and so a new id range)
+            if len(set(new.replicas) ^ set(current.replicas)) > 1:
+                continue  # replica sets change one replica at a time (failover relies on it)
             if new != current:
                 self.assignments[partition] = new
                 changed = True

@@ -113,19 +113,32 @@ class Load:
         via = self.client()
         if via is None:
             return
-        idle = [e for e in self.elements if not e["busy"]] if self.elements else []
         roll = self.rng.random()
-        if not idle or roll < self.args.inserts:
+        if not self.elements or roll < self.args.inserts:
             self.insert(via)
         elif roll < self.args.inserts + (1 - self.args.inserts) / 2:
-            self.update(via, self.rng.choice(idle))
+            idle = self.idle_element()
+            if idle is None:
+                self.insert(via)
+            else:
+                self.update(via, idle)
         else:
             self.get(via, self.rng.choice(self.elements))
 
-    def launch(self, via, d, finished):
+    def idle_element(self):
+        """A random element with no write in flight (None if a few tries find none)."""
+        for _ in range(8):
+            element = self.rng.choice(self.elements)
+            if not element["busy"]:
+                return element
+        return None
+
+    def launch(self, via, call, finished):
+        """Run ``call()`` (a Deferred) and ``finished(result, start)`` when it is done."""
         self.in_flight += 1
         self.busy[via] += 1
-        start = time.monotonic()
+        start = time.monotonic()  # before the request can leave
+        d = call()
 
         def settle(result):
             self.in_flight -= 1
@@ -162,7 +175,7 @@ class Load:
             self.count("insert ok")
             return None
 
-        self.launch(via, self.clients[via].insert(self.args.type, doc, near=near), finished)
+        self.launch(via, lambda: self.clients[via].insert(self.args.type, doc, near=near), finished)
 
     def update(self, via, element):
         element["busy"] = True
@@ -181,7 +194,7 @@ class Load:
             self.count("update ok")
             return None
 
-        self.launch(via, self.clients[via].update(self.args.type, element["id"], doc), finished)
+        self.launch(via, lambda: self.clients[via].update(self.args.type, element["id"], doc), finished)
 
     def get(self, via, element):
         def finished(result, start):
@@ -201,7 +214,7 @@ class Load:
             self.count("get ok")
             return None
 
-        self.launch(via, self.clients[via].get(self.args.type, element["id"]), finished)
+        self.launch(via, lambda: self.clients[via].get(self.args.type, element["id"]), finished)
 
     def start(self):
         self.deadline = time.monotonic() + self.args.duration

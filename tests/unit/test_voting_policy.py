@@ -39,6 +39,39 @@ def test_joiners_are_accepted_and_strangers_refused():
     assert [host for host, _ in refusals] == ["x", "y"]
 
 
+def set_map(state, replica_sets, epoch=0):
+    """Set replica sets directly (decisions change them one replica at a time; these tests
+    start from arbitrary ones)."""
+    for partition, replicas in replica_sets.items():
+        state.assignments[partition] = Assignment(tuple(replicas), epoch)
+
+
+def fill(state, seen):
+    """Apply the leader's assignment decisions until it has none (each adds at most one
+    replica per partition)."""
+    for _ in range(20):
+        decision = assignment_decision(state, seen, SETTINGS)
+        if decision is None:
+            return
+        state.apply(decision)
+    raise AssertionError("the assignments never settled")
+
+
+def test_a_replica_set_grows_one_replica_per_decision():
+    state = cluster(("a", "b", "c"))
+    state.apply(assignment_decision(state, views("a", "b", "c"), SETTINGS))
+    assert all(len(a.replicas) == 2 for a in state.assignments.values())
+    state.apply(assignment_decision(state, views("a", "b", "c"), SETTINGS))
+    assert all(len(a.replicas) == 3 for a in state.assignments.values())
+
+
+def test_the_state_refuses_a_replica_set_that_changes_by_more_than_one():
+    state = cluster(("a", "b", "c"))
+    assert not state.apply({"op": "assign", "map": {"0": [["a", "b", "c"], 0]}})
+    assert state.apply({"op": "assign", "map": {"0": [["a", "b"], 0]}})
+    assert not state.apply({"op": "assign", "map": {"0": [["a", "c"], 0]}})  # b out, c in
+
+
 def test_a_member_gone_past_the_threshold_is_removed():
     state = cluster(("a", "b"))
     decisions, _ = membership_decisions(state, views("a", "b", down={"b"}, since=10.0), 69.0, SETTINGS)
@@ -49,7 +82,7 @@ def test_a_member_gone_past_the_threshold_is_removed():
 
 def test_removing_a_primary_gives_its_partitions_a_new_epoch_and_id_range():
     state = cluster(("a", "b", "c"))
-    state.apply(assignment_decision(state, views("a", "b", "c"), SETTINGS))
+    fill(state, views("a", "b", "c"))
     assert all(len(a.replicas) == 3 and a.primary == "a" for a in state.assignments.values())
     state.apply({"op": "remove", "host": "a", "at": 1.0})
     for assignment in state.assignments.values():
@@ -120,7 +153,7 @@ def synced_views(state, *hosts, syncing=()):
 
 def test_followers_are_rebalanced_onto_a_new_host_but_primaries_stay():
     state = cluster(("a", "b", "c"), partitions=8)
-    state.apply(assignment_decision(state, views("a", "b", "c"), SETTINGS))
+    fill(state, views("a", "b", "c"))
     state.apply({"op": "accept", "host": "d", "address": "d:1", "at": 1.0})
     # The new host gets extra copies first; while it is still syncing nothing is dropped.
     state.apply(assignment_decision(state, synced_views(state, "a", "b", "c", "d"), SETTINGS))
@@ -148,7 +181,8 @@ def replicated(hosts=("a", "b", "c"), partitions=4, replicas=3, primary="a"):
     """A cluster whose every partition has *hosts* as its replica set, *primary* first."""
     state = cluster(tuple(dict.fromkeys((primary, *hosts))), partitions=partitions, replicas=replicas)
     order = [primary, *[h for h in hosts if h != primary]]
-    assert state.apply({"op": "assign", "map": {str(p): [order, 0] for p in range(partitions)}})
+    for size in range(2, len(order) + 1):  # one replica at a time, as decisions go
+        assert state.apply({"op": "assign", "map": {str(p): [order[:size], 0] for p in range(partitions)}})
     return state
 
 
@@ -316,8 +350,7 @@ def test_no_move_of_a_partition_with_a_syncing_follower():
 
 def test_no_move_to_or_with_an_unavailable_follower():
     state = cluster(("a", "b", "c", "d"), partitions=8)
-    changes = {str(p): [["a", "b", "c"] if p < 4 else ["a", "c", "d"], 0] for p in range(8)}
-    assert state.apply({"op": "assign", "map": changes})
+    set_map(state, {p: ("a", "b", "c") if p < 4 else ("a", "c", "d") for p in range(8)})
     seen = synced_views(state, "a", "b", "c", "d")
     seen["b"] = HostView("b", "b:1", "c1", False, 5.0, 10**12, partitions=frozenset(range(4)))
     moves = primary_moves(state, seen, moves_settings(100))
@@ -334,10 +367,10 @@ def test_no_move_away_from_an_unavailable_primary():
 
 def test_no_move_of_a_partition_whose_replica_set_is_being_changed():
     state = cluster(("a", "b", "c", "d"), partitions=8)
-    changes = {str(p): [["a", "b", "c"], 0] for p in range(8)}
-    changes["0"] = [["a", "b", "c", "d"], 0]  # a follower move under way: one replica too many
-    changes["1"] = [["a", "b"], 0]  # still filling up
-    assert state.apply({"op": "assign", "map": changes})
+    changes = {p: ("a", "b", "c") for p in range(8)}
+    changes[0] = ("a", "b", "c", "d")  # a follower move under way: one replica too many
+    changes[1] = ("a", "b")  # still filling up
+    set_map(state, changes)
     seen = synced_views(state, "a", "b", "c", "d")
     moves = primary_moves(state, seen, moves_settings(100))
     assert moves and 0 not in moves and 1 not in moves
