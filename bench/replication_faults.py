@@ -25,14 +25,14 @@ from nodedb.testing.simulation import Faults  # noqa: E402
 from nodedb.testing.workload import FaultSchedule, Workload  # noqa: E402
 
 
-def one_run(seed, hosts, seconds):
+def one_run(seed, hosts, seconds, kinds=("crash", "partition", "pause")):
     cluster = SimCluster(seed)
     cluster.start_hosts(hosts)
     cluster.run_until(cluster.settled, timeout=60)
     workload = Workload(cluster, random.Random(seed))
     workload.start()
     cluster.network.faults = Faults(drop=0.01, reorder=0.05)
-    schedule = FaultSchedule(cluster, random.Random(seed))
+    schedule = FaultSchedule(cluster, random.Random(seed), kinds)
     schedule.run(seconds)
     cluster.network.faults = Faults()
     workload.stop()
@@ -53,12 +53,17 @@ def main(argv=None):
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--hosts", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=40.0)
+    parser.add_argument(
+        "--kinds",
+        default="crash,partition,pause",
+        help="faults to draw from: crash, partition, pause, join (default crash,partition,pause)",
+    )
     args = parser.parse_args(argv)
     totals = {"runs": 0, "operations": 0, "acknowledged": 0, "unknown": 0, "lost": 0, "violations": 0, "faults": 0}
     started = time.time()
     for seed in range(args.first_seed, args.first_seed + args.runs):
         try:
-            report, violation, events = one_run(seed, args.hosts, args.seconds)
+            report, violation, events = one_run(seed, args.hosts, args.seconds, tuple(args.kinds.split(",")))
         except AssertionError as e:
             print(f"seed {seed}: did not settle: {e}")
             totals["runs"] += 1

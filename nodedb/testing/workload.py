@@ -152,7 +152,7 @@ class Workload:
 
 class FaultSchedule:
     """Seeded faults over a run: crash and restart the busiest primary, cut a host off,
-    pause one, with message loss and reordering throughout (no duplication: peers talk over TCP,
+    pause one, add a host (with ``"join"`` among *kinds*), with message loss and reordering throughout (no duplication: peers talk over TCP,
     which never delivers a request twice; retries, the real source of repeats, are the
     client's and the router's business)."""
 
@@ -183,7 +183,13 @@ class FaultSchedule:
             victim = self.busiest_primary() if self.rng.random() < 0.7 else self.rng.choice(cluster.live())
             length = self.rng.uniform(*outage)
             self.events.append((round(cluster.clock.seconds(), 3), kind, victim.name, round(length, 3)))
-            if kind == "crash":
+            if kind == "join":
+                # A new host: copies (and, once it has caught up, primaries) move to it while
+                # the other faults go on.
+                joiner = cluster.add_host(seeds=[victim.address])
+                self.events[-1] = (self.events[-1][0], kind, joiner.name, 0.0)
+                cluster.run(length)
+            elif kind == "crash":
                 cluster.crash(victim)
                 cluster.run(length)
                 cluster.restart(victim)
