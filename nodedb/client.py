@@ -40,6 +40,11 @@ CLIENT_NAME = "nodedb-python"
 #: First and longest pause between two tries of a request that was not applied.
 RETRY_FIRST = 0.05
 RETRY_MAX = 1.0
+HEARTBEAT_INTERVAL = 1.0
+
+
+def _no_report(rtt, reply):
+    """Heartbeat results need no handling: the connection drops itself after misses."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,21 @@ def _without_none(**arguments):
 
 
 class Client:
-    """A connection to a nodedb cluster; build it with :func:`connect`."""
+    """A connection to a nodedb cluster; build it with :func:`connect`.
 
-    def __init__(self, connection, timeout=DEFAULT_TIMEOUT):
+    :param heartbeat: seconds between pings on the connection; after three unanswered ones
+        the client drops it and moves to the next address (a host that froze, or was cut off,
+        never closes the connection by itself). None: no heartbeat.
+    """
+
+    def __init__(self, connection, timeout=DEFAULT_TIMEOUT, heartbeat=HEARTBEAT_INTERVAL):
         self._connection = connection
         self.timeout = timeout
+        self._heartbeat = None
+        if heartbeat:
+            self._heartbeat = task.LoopingCall(connection.beat, heartbeat, _no_report)
+            self._heartbeat.clock = connection.clock
+            self._heartbeat.start(heartbeat, now=False)
 
     @property
     def server(self):
@@ -134,6 +149,8 @@ class Client:
 
     def close(self):
         """:return: a Deferred that fires once the connection is closed."""
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
         return self._connection.stop()
 
 
@@ -176,10 +193,11 @@ class Transaction:
         return self._client._call("transaction", {"ops": self._operations})
 
 
-def connect(reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_FRAME):
+def connect(reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_FRAME, heartbeat=HEARTBEAT_INTERVAL):
     """Connect to a nodedb cluster through any of *addresses* (``"host:port"`` texts).
 
     :param timeout: seconds each request may take, waiting for a connection included.
+    :param heartbeat: seconds between pings that detect a node that stopped answering.
     :return: a Deferred that fires with a :class:`Client` once a node has answered the
         handshake, or fails with :class:`~nodedb.errors.Unavailable` if none of the addresses
         answers (each is tried once), or InvalidRequest for a malformed address.
@@ -203,4 +221,4 @@ def connect(reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_F
             raise errors.Unavailable(f"cannot reach a node ({connection.last_error or 'no answer in time'})")
         return reason
 
-    return d.addCallbacks(lambda _channel: Client(connection, timeout), failed)
+    return d.addCallbacks(lambda _channel: Client(connection, timeout, heartbeat), failed)

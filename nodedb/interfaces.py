@@ -226,7 +226,14 @@ class ILogSync(Interface):
             *partitions* (nothing was applied; the client may retry).
         """
 
-    def acknowledge(results):
+    def begin(partitions):
+        """:meth:`epochs` for a local commit about to start; a planned handoff of these
+        partitions waits until :meth:`landed` or :meth:`acknowledge` says it is over."""
+
+    def landed(epochs):
+        """The commit :meth:`begin` returned *epochs* for failed (nothing to acknowledge)."""
+
+    def acknowledge(results, epochs=None):
         """A local commit of ``[(element_id, version), ...]`` is durable here.
 
         :return: None if a majority of every partition's replica set has it already, else a

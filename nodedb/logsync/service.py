@@ -81,6 +81,7 @@ class _Primary:
         self.fenced = False
         self.asked = 0.0  # when we last asked for the election that fenced us
         self.handoff = None  # (follower, deadline, Deferred) while handing the partition over
+        self.landing = 0  # local commits begun (begin()) and not over yet
         self.writes = []  # sorted [(commit_id, serial, deadline, Deferred)]
         self.reads = []  # [(sent, last, deadline, Deferred)]
 
@@ -366,8 +367,28 @@ class LogSyncService(Service):
             epochs[partition] = primary.epoch
         return epochs
 
-    def acknowledge(self, results):
-        """The local commit of ``[(element_id, version), ...]`` is durable.
+    def begin(self, partitions):
+        """:meth:`epochs` for a local commit about to start: until :meth:`landed` (or
+        :meth:`acknowledge` with these epochs) says it is over, a handoff of these partitions
+        waits for it."""
+        epochs = self.epochs(partitions)
+        for partition in epochs:
+            self._primaries[partition].landing += 1
+        return epochs
+
+    def landed(self, epochs):
+        """The local commit that :meth:`begin` returned *epochs* for is over (it failed, or
+        :meth:`acknowledge` follows)."""
+        for partition, epoch in epochs.items():
+            primary = self._primaries.get(partition)
+            if primary is not None and primary.epoch == epoch and primary.landing > 0:
+                primary.landing -= 1
+                if primary.handoff is not None and primary.progress is not None:
+                    self._check(primary)
+
+    def acknowledge(self, results, epochs=None):
+        """The local commit of ``[(element_id, version), ...]`` is durable (*epochs*: what
+        :meth:`begin` returned for it).
 
         :return: None if a majority already has it (a replica set of one), else a Deferred
             that fires once a majority of each partition's replica set has it.
@@ -391,6 +412,8 @@ class LogSyncService(Service):
             d = defer.Deferred()
             bisect.insort(primary.writes, (commit_id, next(self._serial), deadline, d))
             waits.append(d)
+        if epochs:
+            self.landed(epochs)
         if not waits:
             return None
         self._schedule_pump()
@@ -432,14 +455,14 @@ class LogSyncService(Service):
         """Fire the writes, reads and handoff of *primary* that its progress now allows."""
         progress = primary.progress
         committed = progress.committed()
+        while primary.writes and primary.writes[0][0] <= committed:
+            primary.writes.pop(0)[-1].callback(None)
         if primary.handoff is not None:
             follower, _deadline, d = primary.handoff
             state = progress.progress.get(follower)
             caught_up = state is not None and state.resync is None and state.match >= progress.last
-            if caught_up and not primary.writes and d is not None and not d.called:
+            if caught_up and not primary.writes and not primary.landing and d is not None and not d.called:
                 d.callback({"last": progress.last})
-        while primary.writes and primary.writes[0][0] <= committed:
-            primary.writes.pop(0)[-1].callback(None)
         if primary.reads:
             waiting = []
             for read in primary.reads:

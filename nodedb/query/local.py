@@ -64,23 +64,25 @@ class LocalQuery:
             return self.storage.commit(operations, self.clock.seconds())
         partition_of = self.storage.layout.partition_of
         try:
-            epochs = self.replication.epochs({partition_of(op.element_id) for op in operations})
+            epochs = self.replication.begin({partition_of(op.element_id) for op in operations})
         except NodeDBError as e:
             return defer.fail(e)
         d = self.storage.commit(operations, self.clock.seconds(), epochs)
-        return d.addCallbacks(self._acknowledged, self._refused, errbackArgs=(tuple(epochs),))
+        return d.addCallbacks(self._acknowledged, self._refused, (epochs,), None, (epochs,))
 
-    def _refused(self, failure, partitions):
+    def _acknowledged(self, results, epochs):
+        waiting = self.replication.acknowledge(results, epochs)
+        return results if waiting is None else waiting.addCallback(lambda _: results)
+
+    def _refused(self, failure, epochs):
         """A NotFound or Conflict observed local state that may include writes not yet
         acknowledged: answer only once those are committed (as a read would), so that the
         refusal never reports a state a failover could undo."""
+        self.replication.landed(epochs)
+        partitions = tuple(epochs)
         failure.trap(NotFound, Conflict)
         barrier = self.replication.read_barrier(partitions)
         return failure if barrier is None else barrier.addCallback(lambda _: failure)
-
-    def _acknowledged(self, results):
-        waiting = self.replication.acknowledge(results)
-        return results if waiting is None else waiting.addCallback(lambda _: results)
 
     def _after_barrier(self, partitions, read, *arguments):
         """``read(*arguments)`` now, answered once the read barrier of *partitions* says

@@ -56,7 +56,12 @@ def lost_writes(history, final):
         for op in ops:
             if op.kind != "write" or op.ok is not True:
                 continue
-            later = [o for o in ops if o is not op and o.kind in ("write", "delete") and o.ok is not False and o.end > op.start]
+            # A write of unknown outcome may take effect at any time after it started.
+            later = [
+                o
+                for o in ops
+                if o is not op and o.kind in ("write", "delete") and o.ok is not False and (o.ok is None or o.end > op.start)
+            ]
             possible = [op.value] + [o.value if o.kind == "write" else ABSENT for o in later]
             if _freeze(final.get(key, ABSENT)) not in {_freeze(v) for v in possible}:
                 lost.append(op)

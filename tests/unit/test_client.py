@@ -232,7 +232,7 @@ def test_client_is_built_from_a_connection():
             return defer.succeed({"items": [[1, {"a": 1}, 3]], "cursor": "c"})
 
     connection = FakeConnection()
-    client = Client(connection, timeout=2.5)
+    client = Client(connection, timeout=2.5, heartbeat=None)
     assert client.server == {"host": "x"}
     page = success_result_of(client.scan("t", where={"a": 1}))
     assert page == Page([(1, {"a": 1}, 3)], "c")
@@ -252,3 +252,20 @@ def test_a_document_the_node_would_refuse_fails_alone_before_it_is_sent(connecte
     after = client.insert("user", {"n": 3})
     # The connection stayed up: the requests around the refused ones went through.
     assert ok(connected, clock, before) != ok(connected, clock, after)
+
+
+def test_a_client_drops_a_connection_that_stops_answering_pings():
+    class FrozenConnection:
+        clock = Clock()
+        beats = 0
+
+        def beat(self, interval, report, op="ping"):
+            self.beats += 1
+            report(None, None)
+
+    connection = FrozenConnection()
+    client = Client(connection, heartbeat=1.0)
+    for _ in range(3):
+        connection.clock.advance(1.0)
+    assert connection.beats == 3  # PersistentConnection.beat drops the connection after three misses
+    client._heartbeat.stop()

@@ -72,6 +72,13 @@ def test_lost_writes_are_the_acknowledged_ones_not_at_the_end():
     assert [(op.key, op.value) for op in lost] == [("b", "b2")]
 
 
+def test_a_write_of_unknown_outcome_may_land_after_later_acknowledged_ones():
+    # c2 timed out; it may still have been applied after c3 (a request held up on its way).
+    history = [w("c0", 0, 1, key="c"), w("c1", 2, 3, key="c"), w("c2", 3.1, 8, ok=None, key="c"), w("c3", 8.3, 8.4, key="c")]
+    assert lost_writes(history, {"c": "c2"}) == []
+    assert [op.value for op in lost_writes(history, {"c": "c1"})] == ["c3"]
+
+
 def test_a_long_history_is_checked_quickly():
     history = []
     for n in range(200):

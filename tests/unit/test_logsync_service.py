@@ -695,6 +695,19 @@ def test_a_handoff_holds_writes_until_the_follower_has_everything():
         host.service.epochs([0])  # still held until the map moves on
 
 
+def test_a_handoff_waits_for_commits_still_on_their_way_to_storage():
+    host = primary_host()
+    epochs = host.service.begin([0])  # a write that got past the check, not yet stored
+    handoff = host.service.handoff(0, 1, "b")
+    host.pump()["b"].reply([True, 0, 0, 1, False])
+    no_result(handoff)  # b has everything stored so far, but a commit is still landing
+    results = success_result_of(host.storage.commit([Insert("doc", eid(0, 1), b"x")], 1.0, epochs))
+    d = host.service.acknowledge(results, epochs)
+    host.pump()["b"].reply([True, 1, 1, 1, False])
+    success_result_of(d)
+    assert success_result_of(handoff) == {"last": 1}
+
+
 def test_a_handoff_that_does_not_finish_in_time_lets_writes_resume():
     host = primary_host()
     d = host.service.acknowledge(host.write(0, 1))
