@@ -112,6 +112,7 @@ class NodeService(MultiService):
         self._waiting = []
         self._unsaved_identity = False
         self._primaries = None  # {partition: epoch} this host allocates in, as last applied
+        self._local_free = None  # free bytes of the store, as of the last gossip round
 
     def when_ready(self):
         """:return: a Deferred that fires with this node once it serves requests, or fails
@@ -341,7 +342,9 @@ class NodeService(MultiService):
         return free_bytes >= VotingSettings.min_free_bytes
 
     def _can_insert(self):
-        return bool(self.ids.partitions()) and self._has_room(self.storage.stats()["free_bytes"])
+        if self._local_free is None:
+            self._free_space()
+        return bool(self.ids.partitions()) and self._has_room(self._local_free)
 
     def _insert_hosts(self):
         """Hosts that are primary of some partition, reachable, with room for new elements."""
@@ -525,7 +528,10 @@ class NodeService(MultiService):
         )
 
     def _free_space(self):
-        return self.storage.stats()["free_bytes"] // _FREE_SPACE_STEP * _FREE_SPACE_STEP
+        """Free space as announced (in steps); the exact figure is kept for the insert check,
+        refreshed with every gossip round rather than read for every insert."""
+        self._local_free = self.storage.stats()["free_bytes"]
+        return self._local_free // _FREE_SPACE_STEP * _FREE_SPACE_STEP
 
     def _changing_fields(self):
         return {"free_bytes": self._free_space()}

@@ -51,6 +51,9 @@ class LogSyncTiming:
     write_timeout: float = 10.0
     #: Seconds a read waits for its barrier before it fails with Unavailable.
     read_timeout: float = 10.0
+    #: Messages on their way to one follower host at a time (pipelining: a follower's disk
+    #: is busy with one batch while the next travels).
+    pipeline: int = 4
     #: Most entries per partition, and bytes in all, of one message.
     batch_entries: int = 2048
     batch_bytes: int = 1024 * 1024
@@ -96,7 +99,7 @@ class _Link:
     def __init__(self, host):
         self.host = host
         self.sequence = 0  # of the last message sent
-        self.in_flight = False
+        self.in_flight = 0  # messages sent and not answered yet
         self.force = True  # probe every partition, even those with nothing new
         self.wanted = set()  # partitions to probe in the next message (reads wait on them)
 
@@ -488,7 +491,7 @@ class LogSyncService(Service):
     def _pump(self):
         self._pumping = None
         for link in list(self._links.values()):
-            if not link.in_flight and (link.force or link.wanted):
+            if link.in_flight < self.timing.pipeline and (link.force or link.wanted):
                 self._send(link)
 
     def _want(self, primary, hosts=None):
@@ -508,7 +511,14 @@ class LogSyncService(Service):
         for primary in candidates:
             if not primary.ready or link.host not in primary.progress.progress:
                 continue
-            part, kind, part_size = self._part(primary, link.host, primary.progress.progress[link.host])
+            state = primary.progress.progress[link.host]
+            if state.in_flight:
+                continue  # one page of a resync at a time
+            part, kind, part_size = self._part(primary, link.host, state)
+            if kind == "resync":
+                state.in_flight = True
+            elif part["entries"]:
+                primary.progress.sent(link.host, part["entries"][-1][0])
             parts.append(part)
             sent.append((primary, kind))
             size += part_size
@@ -523,7 +533,7 @@ class LogSyncService(Service):
             return
         link.force = False
         link.wanted.difference_update(primary.partition for primary, _kind in sent)
-        link.in_flight = True
+        link.in_flight += 1
         link.sequence += 1
         sequence = link.sequence
         d = self.transport.call(address, "logsync.append", {"parts": parts}, self.timing.call_timeout)
@@ -597,7 +607,7 @@ class LogSyncService(Service):
         return entries[0].epoch if entries and entries[0].commit_id == commit_id else None
 
     def _replied(self, reply, link, sequence, sent):
-        link.in_flight = False
+        link.in_flight -= 1
         answers = reply.get("parts") if type(reply) is dict else None
         if type(answers) is not list or len(answers) != len(sent):
             self._log.warn("malformed logsync.append reply from {host}", host=link.host)
@@ -625,6 +635,7 @@ class LogSyncService(Service):
             self._fenced(primary)
             return
         if kind == "resync":
+            state.in_flight = False
             if accepted and state.resync is not None:
                 if state.resync.done_sent:
                     progress.resynced(host)
@@ -652,11 +663,17 @@ class LogSyncService(Service):
         return epoch_at(stored, commit_id, self._log_epoch)
 
     def _lost(self, failure, link, sent):
-        link.in_flight = False
+        link.in_flight -= 1
         for primary, kind in sent:
             state = primary.progress.progress.get(link.host) if primary.progress else None
-            if kind == "resync" and state is not None and state.resync is not None:
-                state.resync.rewind()
+            if state is None:
+                continue
+            if kind == "resync":
+                state.in_flight = False
+                if state.resync is not None:
+                    state.resync.rewind()
+            else:
+                primary.progress.lost(link.host)
         # Sent again at the next heartbeat, not at once: the follower may be down.
 
     def _beat(self):
@@ -724,19 +741,42 @@ class LogSyncService(Service):
         if type(parts) is not list or not parts:
             raise errors.InvalidRequest("logsync.append: parts is a non-empty list")
         parsed = [parse_part(part, self.partitions, self.storage.layout) for part in parts]
-        units = [unit for _partition, part_units in parsed for unit in part_units]
-        d = self.storage.replicate(units)
-        d.addCallback(self._appended, parts, parsed)
-        return d
+        # A probe that changes nothing here (the usual heartbeat, or a read barrier's) is
+        # answered from the stored state, without a synced write.
+        quick = [self._unchanged_by(units) for _partition, units in parsed]
+        units = [unit for (_partition, part_units), state in zip(parsed, quick) if state is None for unit in part_units]
+        if not units:
+            return defer.succeed(self._appended([], parts, parsed, quick))
+        return self.storage.replicate(units).addCallback(self._appended, parts, parsed, quick)
 
-    def _appended(self, results, parts, parsed):
+    def _unchanged_by(self, units):
+        """The partition's state if *units* is a probe it would accept without any change,
+        else None (then storage decides)."""
+        if len(units) != 1 or type(units[0]) is not Append or units[0].entries:
+            return None
+        unit = units[0]
+        state = self.storage.partition_state(unit.partition)
+        if (
+            unit.epoch == state.epoch
+            and not state.syncing
+            and tuple(unit.prev) == (state.last_commit_id, state.last_epoch)
+            and (state.followed == unit.epoch or state.last_commit_id < unit.start)
+            and min(unit.truncate, state.last_commit_id) <= state.truncated
+        ):
+            return state
+        return None
+
+    def _appended(self, results, parts, parsed, quick):
         answers = []
         index = 0
-        for part, (partition, part_units) in zip(parts, parsed):
-            outcomes = results[index : index + len(part_units)]
-            index += len(part_units)
-            accepted = all(ok for ok, _state in outcomes)
-            state = outcomes[-1][1]
+        for part, (partition, part_units), known in zip(parts, parsed, quick):
+            if known is not None:
+                accepted, state = True, known
+            else:
+                outcomes = results[index : index + len(part_units)]
+                index += len(part_units)
+                accepted = all(ok for ok, _state in outcomes)
+                state = outcomes[-1][1]
             primary_last = part.get("last")
             if accepted and not state.syncing and type(primary_last) is int and state.last_commit_id >= primary_last:
                 self._caught_up.add(partition)

@@ -71,8 +71,8 @@ class Resync:
 @dataclass
 class FollowerProgress:
     match: int = 0  # highest commit id the follower has durably, in agreement with us
-    next: int = 1  # the next commit id to send it
-    in_flight: bool = False
+    next: int = 1  # the next commit id to send it (ahead of match while messages are in flight)
+    in_flight: bool = False  # a page of its resync is on its way
     resync: Resync | None = None
     confirmed: int = 0  # the newest append message (by link sequence) it accepted
 
@@ -107,7 +107,20 @@ class PrimaryProgress:
         if state.resync is not None:
             return
         state.match = max(state.match, min(last, self.last))
-        state.next = state.match + 1
+        state.next = max(state.next, state.match + 1)
+
+    def sent(self, follower, last):
+        """Entries up to *last* are on their way to *follower* (messages are pipelined: the
+        next one goes on from there without waiting)."""
+        state = self.progress.get(follower)
+        if state is not None and state.resync is None:
+            state.next = max(state.next, last + 1)
+
+    def lost(self, follower):
+        """A message to *follower* got no answer: send again from what it is known to hold."""
+        state = self.progress.get(follower)
+        if state is not None and state.resync is None:
+            state.next = state.match + 1
 
     def position(self, follower, last, last_epoch, epoch_at):
         """*follower* refused an append: its log ends at *last*, an entry of *last_epoch*.
