@@ -228,3 +228,24 @@ def test_a_write_refused_by_a_host_that_is_not_primary_is_not_applied():
     failure = []
     d.addErrback(failure.append)
     assert failure and failure[0].check(errors.Unavailable)
+
+
+@pytest.mark.parametrize("seed", seeds(1))
+def test_a_host_nearly_out_of_space_takes_no_inserts_and_no_new_copies(seed):
+    cluster = replicated_cluster(seed)
+    full = cluster.hosts[1]
+    full_id = host_id(full)
+    real_stats = full.node.storage.stats
+    full.node.storage.stats = lambda: {**real_stats(), "free_bytes": 10 * 1024 * 1024}
+    cluster.run(3.0)  # the next gossip rounds announce it
+    # Inserts sent to the full host land on hosts with room.
+    client = cluster.client(hosts=[full])
+    ids = run(cluster, insert_many(client, 20))
+    state = cluster.hosts[0].node.voting.state
+    layout = full.node.storage.layout
+    assert all(state.assignments[layout.partition_of(i)].primary != full_id for i in ids)
+    # A new host gets copies; the full one gets no new ones.
+    before = set(state.replica_partitions(full_id))
+    cluster.add_host()
+    cluster.run_until(cluster.replicated, timeout=120)
+    assert set(state.replica_partitions(full_id)) <= before
