@@ -2,6 +2,7 @@
 
     python bench/cluster.py [--count 20000] [--inflight 64] [--doc-size 100]
                             [--outage-writes 5000] [--repeat 1] [--json] [--keep]
+                            [--spare [--remove-after 10]]
 
 Each run starts three real ``twistd -n nodedb`` processes on their own loopback addresses
 (127.0.0.x) with fresh data directories: the first bootstraps with ``--replicas 3``, the
@@ -23,6 +24,18 @@ through a host that forwards them to the partition's primary):
    then the host is restarted on its data directory: the time from the restart until it
    serves requests, and until replication is complete again (every partition: a full replica
    set, every follower at its primary's last commit, no host reporting a partition inactive).
+
+4. Only with --spare, on a fresh cluster of FOUR nodes (``--replicas 3``, every node started
+   with ``--remove-after REMOVE_AFTER``), formed as above: SPARE_WRITES inserts spread over
+   all partitions, then kill -9 of the host that leads the most partitions, which is NOT
+   restarted. From the kill: (a) failover, the time until every partition acknowledged a
+   write again (probed as in 2); (b) removal, until no live node lists the host among the
+   Voting members; (c) restoration, until replication is complete again without it: every
+   partition has one ready primary and two followers, all on live hosts, every follower at
+   its primary's last commit, nothing inactive, three voters, all live. (c) includes
+   REMOVE_AFTER: the host keeps its place in the replica sets, and nothing is refilled,
+   until it is removed. At the end a sample of the writes made before the kill is read back
+   (linearizable gets) through the live nodes.
 
 With --repeat K every figure printed is the median of K runs (a new cluster each).
 """
@@ -76,7 +89,19 @@ PROBE_EVERY = 0.05  # seconds between probes of one partition
 PROBE_TIMEOUT = 2.0  # seconds one probe may take
 POLL_EVERY = 0.05  # seconds between /status polls
 BALANCE_QUIET = 3.0  # seconds without a primary move after which the primaries count as balanced
+SPARE_NODES = 4  # --spare: nodes of the cluster whose killed host stays down
+SPARE_WRITES = 5_000  # --spare: inserts spread over every partition before the kill
+REMOVAL_DEADLINE = 60.0  # --spare: seconds past --remove-after the removal may take
+RESTORE_DEADLINE = 120.0  # --spare: seconds past --remove-after full replication may take to return
+SPARE_SAMPLE = 500  # --spare: writes from before the kill read back at the end
 LAYOUT = IdLayout()
+
+
+def voter_count(members):
+    """The Voting voters *members* hosts settle on: the largest odd number up to 5
+    (nodedb.voting.policy._voter_count)."""
+    count = min(5, max(1, members))
+    return count if count % 2 else count - 1
 
 
 # -- the nodes ------------------------------------------------------------------------------
@@ -155,11 +180,14 @@ def _get_status(host, port, timeout):
 
 
 class Cluster:
-    def __init__(self, reactor, work_dir):
+    def __init__(self, reactor, work_dir, size=NODES, node_args=()):
         self.reactor = reactor
-        self.hosts = loopback_hosts(NODES)
+        self.size = size
+        self.node_args = list(node_args)  # given to every node
+        self.hosts = loopback_hosts(size)
         self.work_dir = work_dir
-        self.nodes = [Node("n0", self.hosts[0], work_dir, ["--replicas", str(REPLICAS)])]
+        self.nodes = [Node("n0", self.hosts[0], work_dir, ["--replicas", str(REPLICAS), *self.node_args])]
+        self.why = None  # why the last replicated() check failed
 
     async def status(self, node, timeout=2.0):
         """The node's /status, or None if it does not answer in time."""
@@ -174,7 +202,8 @@ class Cluster:
             if node is not None and node.child.proc.poll() is not None:
                 raise BenchError(f"{node.name} exited with status {node.child.proc.returncode}:\n{node.child.tail()}")
             if time.monotonic() - began > deadline:
-                raise BenchError(f"gave up after {deadline:.0f} s waiting for {what}")
+                why = f" (last check: {self.why})" if self.why else ""
+                raise BenchError(f"gave up after {deadline:.0f} s waiting for {what}{why}")
             await task.deferLater(self.reactor, POLL_EVERY, lambda: None)
 
     async def start_node(self, node):
@@ -192,8 +221,8 @@ class Cluster:
         """Start every node; :return: seconds until replication was complete."""
         began = time.monotonic()
         await self.start_node(self.nodes[0])
-        for i in range(1, NODES):
-            node = Node(f"n{i}", self.hosts[i], self.work_dir, ["--seed", self.nodes[0].address])
+        for i in range(1, self.size):
+            node = Node(f"n{i}", self.hosts[i], self.work_dir, ["--seed", self.nodes[0].address, *self.node_args])
             self.nodes.append(node)
             await self.start_node(node)
         await self.wait(self.replicated, FORM_DEADLINE, "replication to be complete")
@@ -220,27 +249,11 @@ class Cluster:
         for node in nodes:
             view = await self.status(node)
             if view is None:
+                self.why = f"{node.name} does not answer /status"
                 return False
             views.append(view)
-        if len({(v["voting"]["leader"], v["voting"]["term"]) for v in views}) != 1:
-            return False
-        claimed = {}
-        for view in views:
-            if view["replication"]["inactive"] or len(view["voting"]["voters"]) != min(5, len(nodes)):
-                return False
-            for partition, primary in view["replication"]["primary"].items():
-                claimed.setdefault(int(partition), []).append(primary)
-        if sorted(claimed) != list(range(PARTITIONS)):
-            return False
-        for claims in claimed.values():
-            if len(claims) != 1:
-                return False
-            primary = claims[0]
-            if not primary["ready"] or primary["fenced"] or len(primary.get("followers", {})) != min(REPLICAS, len(nodes)) - 1:
-                return False
-            if any(f["resync"] is not None or f["match"] != primary["last"] for f in primary["followers"].values()):
-                return False
-        return True
+        self.why = incomplete(views)
+        return self.why is None
 
     async def led(self):
         """``{host id: [partitions it leads]}``, from every node's replication status."""
@@ -256,6 +269,50 @@ class Cluster:
         for node in self.nodes:
             if node.child is not None:
                 node.child.stop()
+
+
+def incomplete(views, members=None):
+    """Why replication is not complete among the hosts of *views* (their /status, one per
+    host), or None when it is: one Voting leader and term, the voters the member count
+    calls for, nothing inactive, every partition claimed by one ready, unfenced primary
+    with ``min(REPLICAS, hosts) - 1`` followers, each at the primary's last commit and not
+    in a resync. With *members* (a set of host ids) also: every host lists exactly those
+    as Voting members, every voter and every follower is one of them."""
+    if len({(v["voting"]["leader"], v["voting"]["term"]) for v in views}) != 1:
+        return "the hosts disagree on the Voting leader or term"
+    claimed = {}
+    for view in views:
+        me, voting = view["host"]["id"], view["voting"]
+        if view["replication"]["inactive"]:
+            return f"{me} has {len(view['replication']['inactive'])} inactive partitions"
+        if len(voting["voters"]) != voter_count(len(members) if members is not None else len(views)):
+            return f"{len(voting['voters'])} voters"
+        if members is not None:
+            if set(voting["members"]) != members:
+                return f"{me} lists {len(voting['members'])} members: {sorted(voting['members'])}"
+            if not set(voting["voters"]) <= members:
+                return f"voters {sorted(voting['voters'])} include a host that is no member"
+        for partition, primary in view["replication"]["primary"].items():
+            claimed.setdefault(int(partition), []).append(primary)
+    if sorted(claimed) != list(range(PARTITIONS)):
+        return f"{PARTITIONS - len(claimed)} partitions without a primary"
+    want = min(REPLICAS, len(views)) - 1
+    odd = {"claimed twice": 0, "not ready": 0, f"not {want} followers": 0, "a follower off the members": 0, "a follower behind": 0}
+    for claims in claimed.values():
+        primary = claims[0]
+        followers = primary.get("followers", {})
+        if len(claims) != 1:
+            odd["claimed twice"] += 1
+        elif not primary["ready"] or primary["fenced"]:
+            odd["not ready"] += 1
+        elif len(followers) != want:
+            odd[f"not {want} followers"] += 1
+        elif members is not None and not set(followers) <= members:
+            odd["a follower off the members"] += 1
+        elif any(f["resync"] is not None or f["match"] != primary["last"] for f in followers.values()):
+            odd["a follower behind"] += 1
+    odd = {what: n for what, n in odd.items() if n}
+    return ", ".join(f"{n} partitions {what}" for what, n in odd.items()) if odd else None
 
 
 # -- measurements ---------------------------------------------------------------------------
@@ -383,6 +440,109 @@ async def run_once(reactor, work_dir, args, doc):
         cluster.stop()
 
 
+async def watch_removal(cluster, live, victim_id, killed_at, remove_after):
+    """Poll the live nodes' /status from the kill on; :return: ``(removed, restored, why)``:
+    seconds from *killed_at* until no live node listed *victim_id* among the Voting members,
+    and until replication was complete again among the live hosts alone (:func:`incomplete`
+    with the live hosts as the members); *why* is the last reason it was not, before that."""
+    live_ids = {n.host_id for n in live}
+    removed = None
+    why = None
+    removal_deadline = remove_after + REMOVAL_DEADLINE
+    restore_deadline = remove_after + RESTORE_DEADLINE
+    while True:
+        views = []
+        for node in live:
+            view = await cluster.status(node)
+            if view is None:
+                if node.child.proc.poll() is not None:
+                    raise BenchError(f"{node.name} exited with status {node.child.proc.returncode}:\n{node.child.tail()}")
+                break
+            views.append(view)
+        now = time.monotonic() - killed_at
+        if len(views) == len(live):
+            if removed is None and all(victim_id not in v["voting"]["members"] for v in views):
+                removed = now
+            if removed is not None:
+                why = incomplete(views, live_ids)
+                if why is None:
+                    return removed, now, why
+        if removed is None and now > removal_deadline:
+            raise BenchError(f"the killed host {victim_id} was still a member {now:.0f} s after the kill (--remove-after {remove_after:g})")
+        if now > restore_deadline:
+            raise BenchError(f"replication was not complete without the killed host {now:.0f} s after the kill (last check: {why})")
+        await task.deferLater(cluster.reactor, POLL_EVERY, lambda: None)
+
+
+async def spare_once(reactor, work_dir, args, doc):
+    """The --spare measurement (4. in the module docstring) on a new cluster of SPARE_NODES."""
+    os.mkdir(work_dir)
+    cluster = Cluster(reactor, work_dir, SPARE_NODES, ["--remove-after", f"{args.remove_after:g}"])
+    clients = []
+    try:
+        figures = {"formed_s": await cluster.form()}
+        nodes = cluster.nodes
+        for i in range(SPARE_NODES):
+            clients.append(await connect(reactor, [n.address for n in nodes[i:] + nodes[:i]]))
+        _elapsed, _latencies, ids = await drive(
+            SPARE_WRITES,
+            args.inflight,
+            lambda i: clients[i % SPARE_NODES].insert(RECORD_TYPE, doc, near=LAYOUT.make(i % PARTITIONS, 1)),
+        )
+        for client in clients:
+            await client.close()
+        clients = []
+
+        led = await cluster.led()
+        victim = max(nodes, key=lambda n: len(led.get(n.host_id, ())))
+        if not led.get(victim.host_id):
+            raise BenchError("no host leads a partition")
+        view = await cluster.status(victim)
+        if view is None:
+            raise BenchError(f"{victim.name} does not answer /status")
+        held = view["voting"]["holdings"].get(victim.host_id, {}).get("replicas", 0)
+        live = [n for n in nodes if n is not victim]
+        for survivor in live:
+            clients.append(await connect(reactor, [survivor.address], timeout=PROBE_TIMEOUT))
+
+        killed_at = time.monotonic()
+        victim.kill()
+        watching = defer.ensureDeferred(watch_removal(cluster, live, victim.host_id, killed_at, args.remove_after))
+        try:
+            accepted = await probe_partitions(reactor, clients, killed_at)
+        except BaseException:
+            watching.addErrback(lambda _failure: None)
+            raise
+        removed, restored, _why = await watching
+        theirs = set(led[victim.host_id])
+        others = [t for p, t in accepted.items() if p not in theirs]
+        figures.update(
+            victim_primaries=len(theirs),
+            victim_replicas=held,
+            failover_s=max(accepted.values()),
+            victim_all_s=max(accepted[p] for p in theirs),
+            others_all_s=max(others) if others else 0.0,
+            removed_s=removed,
+            restored_s=restored,
+        )
+
+        # What was written before the kill reads back through the live nodes.
+        sample = ids[:: max(1, len(ids) // SPARE_SAMPLE)]
+        _elapsed, _latencies, replies = await drive(len(sample), args.inflight, lambda i: clients[i % len(clients)].get(RECORD_TYPE, sample[i]))
+        wrong = [element_id for element_id, (got, _version) in zip(sample, replies) if got != doc]
+        if wrong:
+            raise BenchError(f"{len(wrong)} of {len(sample)} elements written before the kill read back wrong, e.g. {wrong[0]}")
+        figures["sample_read"] = len(sample)
+        return figures
+    except NodeDBError as e:
+        tails = "\n".join(f"  {n.name}:\n{n.child.tail()}" for n in cluster.nodes if n.child is not None)
+        raise BenchError(f"nodedb request failed (--spare): {type(e).__name__}: {e}\n{tails}") from None
+    finally:
+        for client in clients:
+            await client.close()
+        cluster.stop()
+
+
 # -- report ---------------------------------------------------------------------------------
 
 
@@ -416,7 +576,28 @@ def report(args, m, runs, temp_root, took):
     print(f"  caught up: replication complete again              {rs['caught_up_s']:6.2f} s after the restart")
     print("  (complete: every partition has its full replica set and one ready primary, every follower")
     print("   at its primary's last commit, no host reporting a partition inactive, three voters)")
-    print(f"cluster formed (3 nodes up, replication complete, primaries balanced) in {m['formed_s']:.2f} s; took {took:.1f} s")
+    print(f"cluster formed (3 nodes up, replication complete, primaries balanced) in {m['formed_s']:.2f} s")
+    if "spare" in m:
+        sp = m["spare"]
+        print()
+        print(
+            f"--spare: a new cluster of {SPARE_NODES} nodes, --replicas {REPLICAS}, --remove-after {args.remove_after:g} s "
+            f"(formed in {sp['formed_s']:.2f} s); {SPARE_WRITES:,} inserts"
+        )
+        print(
+            f"spread over every partition, then kill -9 of the host leading the most partitions ({sp['victim_primaries']:.0f} of "
+            f"{PARTITIONS}, copies of {sp['victim_replicas']:.0f}), NOT restarted:"
+        )
+        print(f"  (a) failover: every partition accepting writes again  {sp['failover_s']:6.2f} s after the kill")
+        print(f"      (its partitions: {sp['victim_all_s']:.2f} s; the others: {sp['others_all_s']:.2f} s)")
+        print(f"  (b) removal: no live node lists it as a member        {sp['removed_s']:6.2f} s after the kill")
+        print(f"  (c) full replication restored without it              {sp['restored_s']:6.2f} s after the kill")
+        print(f"      (includes --remove-after {args.remove_after:g} s: nothing is refilled before the removal;")
+        print(f"       {sp['restored_s'] - sp['removed_s']:.2f} s from the removal. Restored: every partition with {REPLICAS} replicas,")
+        print("       all on the live hosts, every follower at its primary's last commit, nothing inactive,")
+        print(f"       {voter_count(SPARE_NODES - 1)} voters, the killed host in no member list)")
+        print(f"  {sp['sample_read']:.0f} of the writes made before the kill read back (linearizable gets): all correct")
+    print(f"took {took:.1f} s")
     if args.json:
         print(json.dumps({"config": vars(args), "median": m, "runs": runs, "seconds": took}, indent=2))
 
@@ -435,9 +616,17 @@ async def bench(reactor, args, outcome):
             print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
             runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc))
             r = runs[-1]
+            if args.spare:
+                r["spare"] = await spare_once(reactor, os.path.join(temp_root, f"run{k + 1}-spare"), args, doc)
+            spare = (
+                f", spare: failover {r['spare']['failover_s']:.2f} s, removed {r['spare']['removed_s']:.2f} s, "
+                f"restored {r['spare']['restored_s']:.2f} s"
+                if args.spare
+                else ""
+            )
             print(
                 f" {time.monotonic() - started:.1f} s (inserts {r['insert']['ops_per_s']:,.0f}/s, gets {r['get']['ops_per_s']:,.0f}/s, "
-                f"failover {r['failover']['victim_all_s']:.2f} s, caught up {r['restart']['caught_up_s']:.2f} s)",
+                f"failover {r['failover']['victim_all_s']:.2f} s, caught up {r['restart']['caught_up_s']:.2f} s{spare})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -463,7 +652,21 @@ def main(argv=None):
     parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
     parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
     parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs (the path is printed)")
+    parser.add_argument(
+        "--spare",
+        action="store_true",
+        help=f"also measure, on a new cluster of {SPARE_NODES} nodes, failover, removal and the return of full "
+        "replication after a kill -9 of a host that stays down",
+    )
+    parser.add_argument(
+        "--remove-after",
+        type=float,
+        default=10.0,
+        help="--remove-after of every node of the --spare cluster, in seconds (default 10)",
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.remove_after <= 10**7:
+        parser.error("--remove-after must be between 1 and 10000000 seconds")
     if not os.path.abspath(nodedb.__file__).startswith(REPO_ROOT + os.sep):
         print(f"warning: nodedb imported from {nodedb.__file__}, not from {REPO_ROOT}", file=sys.stderr)
     try:
