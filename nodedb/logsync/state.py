@@ -117,10 +117,11 @@ class PrimaryProgress:
             state.next = max(state.next, last + 1)
 
     def lost(self, follower):
-        """A message to *follower* got no answer: send again from what it is known to hold."""
+        """A message to *follower* got no answer: probe it again at our end (its answer says
+        where it stands), rather than assume it lost what it may well hold."""
         state = self.progress.get(follower)
         if state is not None and state.resync is None:
-            state.next = state.match + 1
+            state.next = self.last + 1
 
     def position(self, follower, last, last_epoch, epoch_at):
         """*follower* refused an append: its log ends at *last*, an entry of *last_epoch*.

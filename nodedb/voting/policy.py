@@ -195,7 +195,8 @@ def assignment_decision(state, views, settings):
     if not changes:
         changes = _drop_extra(state, views, target, settings)
     if not changes:
-        changes = _rebalance(state, candidates, target, settings)
+        available = {h for h, view in views.items() if view.available}
+        changes = _rebalance(state, candidates, available, target, settings)
     return {"op": "assign", "map": changes} if changes else None
 
 
@@ -231,7 +232,7 @@ def _drop_extra(state, views, target, settings):
     return changes
 
 
-def _rebalance(state, candidates, target, settings):
+def _rebalance(state, candidates, available, target, settings):
     """Move follower replicas from the host with the most to the hosts with the fewest (a new
     host gets its share): the new replica is added first, and the old one is dropped only
     once the new one has caught up (:func:`_drop_extra`). Primaries move only by failover."""
@@ -250,7 +251,12 @@ def _rebalance(state, candidates, target, settings):
             movable = [
                 p
                 for p in sorted(assignments)
-                if busiest in assignments[p].replicas[1:] and idlest not in assignments[p].replicas and str(p) not in changes
+                if busiest in assignments[p].replicas[1:]
+                and idlest not in assignments[p].replicas
+                and str(p) not in changes
+                # A set with a host that is down would need the newcomer for a majority until
+                # it caught up, and the move could not finish: wait for the host, or its removal.
+                and all(h in available for h in assignments[p].replicas)
             ]
             if movable:
                 break

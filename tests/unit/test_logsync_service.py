@@ -605,8 +605,12 @@ def test_a_lost_message_is_sent_again_at_the_next_heartbeat():
     host.clock.advance(0.25)
     again = host.pump()
     assert "b" in again  # (c gets a heartbeat probe too)
-    assert again["b"].args["parts"][0]["entries"] == sent["b"].args["parts"][0]["entries"]
-    again["b"].reply([True, 1, 1, 1, False])
+    probe = again["b"].args["parts"][0]
+    assert (probe["prev"], probe["entries"]) == ([1, 1], [])  # where is it? (it may have the entry)
+    again["b"].reply([False, 0, 0, 1, False])  # it does not: send from its end
+    resent = host.pump()
+    assert resent["b"].args["parts"][0]["entries"] == sent["b"].args["parts"][0]["entries"]
+    resent["b"].reply([True, 1, 1, 1, False])
     success_result_of(d)
 
 

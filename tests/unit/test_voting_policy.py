@@ -429,3 +429,14 @@ def test_moves_stop_only_when_no_follower_would_even_things_out():
     seen = with_cpu(synced_views(state, "a", "b", "c"), "b", 3.0)
     settle(state, seen)
     assert worthwhile_moves(state, seen) == []
+
+
+def test_no_follower_move_in_a_replica_set_with_a_host_that_is_down():
+    state = cluster(("a", "b", "c"), partitions=8)
+    fill(state, views("a", "b", "c"))
+    state.apply({"op": "accept", "host": "d", "address": "d:1", "at": 1.0})
+    seen = synced_views(state, "a", "b", "c", "d")
+    seen["c"] = HostView("c", "c:1", "c1", False, 5.0, 10**12, partitions=frozenset(range(8)))
+    # Every set holds c, which is down: a newcomer would be needed for a majority until it
+    # caught up, and the move could not finish. Nothing moves until c is back or removed.
+    assert assignment_decision(state, seen, SETTINGS) is None
