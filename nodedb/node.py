@@ -113,6 +113,7 @@ class NodeService(MultiService):
         self._unsaved_identity = False
         self._primaries = None  # {partition: epoch} this host allocates in, as last applied
         self._local_free = None  # free bytes of the store, as of the last gossip round
+        self._allocating = False
 
     def when_ready(self):
         """:return: a Deferred that fires with this node once it serves requests, or fails
@@ -317,6 +318,7 @@ class NodeService(MultiService):
                 {p: self.storage.partition_state(p).max_sequence for p in held},
                 {p: sequence_range(epoch) for p, epoch in primaries.items()},
             )
+            self._allocating = bool(held)
         self.logsync.update(state)
         layout = self.storage.layout
         ranges = tuple(
@@ -344,7 +346,7 @@ class NodeService(MultiService):
     def _can_insert(self):
         if self._local_free is None:
             self._free_space()
-        return bool(self.ids.partitions()) and self._has_room(self._local_free)
+        return self._allocating and self._has_room(self._local_free)
 
     def _insert_hosts(self):
         """Hosts that are primary of some partition, reachable, with room for new elements."""
@@ -386,6 +388,7 @@ class NodeService(MultiService):
         # the partitions its identity records.
         held = [] if RaftDisk(self.storage).exists() else self.identity["held"]
         self.ids = IdAllocator(self.storage.layout, {p: self.storage.partition_state(p).max_sequence for p in held})
+        self._allocating = bool(held)  # whether this host leads a partition to insert into
         self.local = LocalQuery(
             self.storage, self.ids, self.reactor, self.status, max_document_size=self.config.max_document_size
         )

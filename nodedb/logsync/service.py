@@ -408,9 +408,12 @@ class LogSyncService(Service):
             if primary is None or primary.progress is None:
                 return defer.fail(errors.Timeout(f"partition {partition} changed primary during the write; "
                                                  "it may or may not be applied"))
-            primary.progress.appended(commit_id)
+            progress = primary.progress
+            progress.appended(commit_id)
+            if not progress.progress:
+                continue  # a replica set of one: nothing to ship, nothing to wait for
             self._want(primary)
-            if primary.progress.committed() >= commit_id:
+            if progress.committed() >= commit_id:
                 continue
             d = defer.Deferred()
             bisect.insort(primary.writes, (commit_id, next(self._serial), deadline, d))

@@ -62,19 +62,26 @@ class Router:
     # -- IQuery -----------------------------------------------------------------------------
 
     def insert(self, record_type, doc, near=None):
-        request = _request("insert", type=record_type, doc=doc, near=near)
         if near is not None:
-            return self._route(self.layout.partition_of(near), request)
+            return self._route(
+                self.layout.partition_of(near),
+                self.local.insert,
+                (record_type, doc, near),
+                lambda: _request("insert", type=record_type, doc=doc, near=near),
+            )
         if self.can_insert():
             return self.local.insert(record_type, doc)
         hosts = [h for h in self.insert_hosts() if h != self.host_id]
         if not hosts:
             return defer.fail(errors.Unavailable("no host with room takes inserts now"))
-        return self._forward(hosts[next(self._turn) % len(hosts)], request)
+        return self._forward(hosts[next(self._turn) % len(hosts)], _request("insert", type=record_type, doc=doc))
 
     def get(self, record_type, element_id, consistency=None):
-        request = _request("get", type=record_type, key=element_id, consistency=consistency)
         partition = self.layout.partition_of(element_id)
+
+        def request():
+            return _request("get", type=record_type, key=element_id, consistency=consistency)
+
         if consistency == "replica":
             try:
                 host = self.nearest_replica(partition)
@@ -82,16 +89,24 @@ class Router:
                 return defer.fail(e)
             if host == self.host_id:
                 return self.local.read(record_type, element_id)
-            return self._forward(host, request)
-        return self._route(partition, request)
+            return self._forward(host, request())
+        return self._route(partition, self.local.get, (record_type, element_id), request)
 
     def update(self, record_type, element_id, doc, if_version=None):
-        request = _request("update", type=record_type, key=element_id, doc=doc, if_version=if_version)
-        return self._route(self.layout.partition_of(element_id), request)
+        return self._route(
+            self.layout.partition_of(element_id),
+            self.local.update,
+            (record_type, element_id, doc, if_version),
+            lambda: _request("update", type=record_type, key=element_id, doc=doc, if_version=if_version),
+        )
 
     def delete(self, record_type, element_id, if_version=None):
-        request = _request("delete", type=record_type, key=element_id, if_version=if_version)
-        return self._route(self.layout.partition_of(element_id), request)
+        return self._route(
+            self.layout.partition_of(element_id),
+            self.local.delete,
+            (record_type, element_id, if_version),
+            lambda: _request("delete", type=record_type, key=element_id, if_version=if_version),
+        )
 
     def scan(self, record_type, where=None, limit=None, cursor=None):
         limit = DEFAULT_PAGE_SIZE if limit is None else limit
@@ -173,14 +188,16 @@ class Router:
             raise errors.Unavailable(f"partition {partition} has no primary now")
         return assignment.primary
 
-    def _route(self, partition, request):
+    def _route(self, partition, run, arguments, request):
+        """``run(*arguments)`` here if this host is the partition's primary, else forward
+        ``request()`` (the checked arguments need no second parse when they stay here)."""
         try:
             host = self._primary_of(partition)
         except errors.NodeDBError as e:
             return defer.fail(e)
         if host == self.host_id:
-            return self._run_local(request)
-        return self._forward(host, request)
+            return run(*arguments)
+        return self._forward(host, request())
 
     def _forward(self, host, request):
         address = self.address_of(host)
