@@ -36,6 +36,8 @@ from nodedb.wire import codec
 
 
 _LAYOUT = IdLayout()
+#: Followers are told to drop their log in steps of this many entries.
+TRUNCATE_STEP = 1024
 
 
 @dataclass(frozen=True)
@@ -561,7 +563,9 @@ class LogSyncService(Service):
             "e": primary.epoch,
             "prev": [prev, prev_epoch],
             "entries": [entry.to_wire() for entry in entries],
-            "trunc": primary.progress.fully_replicated(),
+            # In steps, so that a follower drops its log a chunk at a time, not a few
+            # entries with every message.
+            "trunc": primary.progress.fully_replicated() // TRUNCATE_STEP * TRUNCATE_STEP,
             "last": primary.progress.last,
             "start": primary.start,
         }
