@@ -57,9 +57,9 @@ from importlib import metadata
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from single_node import (  # noqa: E402  (single_node also puts the working tree first on sys.path)
-    REPO_ROOT,
     BenchError,
     Child,
+    check_setup,
     cpu_seconds,
     drive,
     filesystem_of,
@@ -67,12 +67,12 @@ from single_node import (  # noqa: E402  (single_node also puts the working tree
     median_tree,
     phase_figures,
     positive,
+    run_bench,
     stop_all_children,
 )
 
 from twisted.internet import defer, task, threads  # noqa: E402
 
-import nodedb  # noqa: E402
 from nodedb.client import connect  # noqa: E402
 from nodedb.errors import NodeDBError  # noqa: E402
 from nodedb.ids import IdLayout  # noqa: E402
@@ -676,30 +676,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 1 <= args.remove_after <= 10**7:
         parser.error("--remove-after must be between 1 and 10000000 seconds")
-    if not os.path.abspath(nodedb.__file__).startswith(REPO_ROOT + os.sep):
-        print(f"warning: nodedb imported from {nodedb.__file__}, not from {REPO_ROOT}", file=sys.stderr)
-    try:
-        make_document(args.doc_size)
-    except BenchError as e:
-        parser.error(str(e))
+    check_setup(parser, args)
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    outcome = {"done": False, "temp_root": None}
-    code = 0
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args, outcome)))
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        stop_all_children()
-        if outcome["temp_root"] and not args.keep:
-            shutil.rmtree(outcome["temp_root"], ignore_errors=True)
-    if code == 0 and not outcome["done"]:
-        print("\ninterrupted", file=sys.stderr)
-        code = 130
-    return code
+    return run_bench(bench, args, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -569,6 +569,13 @@ def main(argv=None):
     parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
     parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
     args = parser.parse_args(argv)
+    check_setup(parser, args)
+
+    return run_bench(bench, args)
+
+
+def check_setup(parser, args):
+    """Warn when nodedb is not the working tree's; refuse a document size that cannot be."""
     if not os.path.abspath(nodedb.__file__).startswith(REPO_ROOT + os.sep):
         print(f"warning: nodedb imported from {nodedb.__file__}, not from {REPO_ROOT}", file=sys.stderr)
     try:
@@ -576,6 +583,13 @@ def main(argv=None):
     except BenchError as e:
         parser.error(str(e))
 
+
+def run_bench(bench, args, keep=False):
+    """Run ``bench(reactor, args, outcome)`` under the reactor, then stop every child process
+    and remove ``outcome["temp_root"]`` (unless *keep*), however the run ended.
+
+    :return: the process exit status.
+    """
     # SIGTERM before or after the reactor runs must still stop the servers (the reactor
     # handles it itself while it runs).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
@@ -589,7 +603,7 @@ def main(argv=None):
         code = 130
     finally:
         stop_all_children()
-        if outcome["temp_root"]:  # also when the reactor was stopped mid-run (Ctrl-C)
+        if outcome["temp_root"] and not keep:  # also when the reactor was stopped mid-run (Ctrl-C)
             shutil.rmtree(outcome["temp_root"], ignore_errors=True)
     if code == 0 and not outcome["done"]:
         print("\ninterrupted", file=sys.stderr)

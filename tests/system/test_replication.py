@@ -438,6 +438,14 @@ def report(title, figures):
     print(f"\n{title}: " + ", ".join(f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
 
 
+def busiest_primary(nodes):
+    """``(the node leading the most partitions, the partitions it leads, the others)``."""
+    counts = primaries_of(nodes)
+    victim = max(nodes, key=lambda n: counts.get(n.host_id, 0))
+    assert counts[victim.host_id] > 0, counts
+    return victim, led_by(victim), [n for n in nodes if n is not victim]
+
+
 # -- the tests ----------------------------------------------------------------------------------
 
 
@@ -447,11 +455,7 @@ def test_kill_9_the_primary_under_load_then_restart_it(processes, tmp_path):
     load = LoadRun(processes, tmp_path, nodes, "kill")
     load.wait_writes(WRITES_BEFORE, what="the load to get going")
 
-    counts = primaries_of(nodes)
-    victim = max(nodes, key=lambda n: counts.get(n.host_id, 0))
-    assert counts[victim.host_id] > 0
-    led_before = led_by(victim)
-    survivors = [n for n in nodes if n is not victim]
+    victim, led_before, survivors = busiest_primary(nodes)
     killed_at = time.monotonic()
     victim.kill()
     resumed = load.wait_writes(
@@ -479,11 +483,7 @@ def test_sigstop_a_primary_longer_than_the_failure_threshold(processes, tmp_path
     load = LoadRun(processes, tmp_path, nodes, "stop")
     load.wait_writes(WRITES_BEFORE, what="the load to get going")
 
-    counts = primaries_of(nodes)
-    victim = max(nodes, key=lambda n: counts.get(n.host_id, 0))
-    assert counts[victim.host_id] > 0
-    led_before = led_by(victim)
-    survivors = [n for n in nodes if n is not victim]
+    victim, led_before, survivors = busiest_primary(nodes)
     stopped_at = time.monotonic()
     victim.signal(signal.SIGSTOP)
     try:
