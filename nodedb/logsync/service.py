@@ -56,6 +56,8 @@ class LogSyncTiming:
     #: Messages on their way to one follower host at a time (pipelining: a follower's disk
     #: is busy with one batch while the next travels).
     pipeline: int = 4
+    #: Entries that make a message worth sending while another is still on its way.
+    pipeline_batch: int = 64
     #: Most entries per partition, and bytes in all, of one message.
     batch_entries: int = 2048
     batch_bytes: int = 1024 * 1024
@@ -103,7 +105,8 @@ class _Link:
         self.sequence = 0  # of the last message sent
         self.in_flight = 0  # messages sent and not answered yet
         self.force = True  # probe every partition, even those with nothing new
-        self.wanted = set()  # partitions to probe in the next message (reads wait on them)
+        self.wanted = set()  # partitions with something to ship, or a read waiting on them
+        self.urgent = set()  # of those, the ones that may not wait for a fuller message
 
 
 def _int(value, name):
@@ -294,7 +297,7 @@ class LogSyncService(Service):
                 continue
             primary.start = state.last_commit_id
             primary.progress = PrimaryProgress(primary.partition, primary.epoch, primary.followers, state.last_commit_id)
-            self._want(primary)
+            self._want(primary, urgent=True)
             self._log.debug("primary of partition {p} at epoch {e}", p=primary.partition, e=primary.epoch)
         self._schedule_pump()
 
@@ -308,7 +311,7 @@ class LogSyncService(Service):
             if host in old.progress:
                 progress.progress[host] = old.progress[host]
         primary.progress = progress
-        self._want(primary)
+        self._want(primary, urgent=True)
         self._check(primary)
 
     def _step_down(self, partition, write_error=None):
@@ -448,6 +451,7 @@ class LogSyncService(Service):
                 link = self._link(host)
                 sent[host] = link.sequence
                 link.wanted.add(partition)
+                link.urgent.add(partition)
             # Everything the store holds now (a commit is visible there a moment before its
             # Deferred tells us) must be on a majority before the read may answer.
             last = max(progress.last, self.storage.partition_state(partition).last_commit_id)
@@ -494,15 +498,37 @@ class LogSyncService(Service):
             self._pumping = self.clock.callLater(0, self._pump)
 
     def _pump(self):
+        """Send to every follower host that has something to send, as long as its window of
+        ``pipeline`` messages is not full. New entries alone wait for a message while another
+        is on its way, until there are ``pipeline_batch`` of them: fewer, fuller messages cost
+        less CPU on both ends; reads, handoffs and probes go at once."""
         self._pumping = None
         for link in list(self._links.values()):
-            if link.in_flight < self.timing.pipeline and (link.force or link.wanted):
-                self._send(link)
+            if link.in_flight >= self.timing.pipeline or not (link.force or link.wanted):
+                continue
+            if link.in_flight and not link.force and not link.urgent and self._backlog(link) < self.timing.pipeline_batch:
+                continue
+            self._send(link)
 
-    def _want(self, primary, hosts=None):
-        """Ship *primary*'s partition to *hosts* (its followers by default) soon."""
+    def _backlog(self, link):
+        """How many entries wait to be shipped to *link*'s host."""
+        waiting = 0
+        for partition in link.wanted:
+            primary = self._primaries.get(partition)
+            if primary is not None and primary.ready:
+                state = primary.progress.progress.get(link.host)
+                if state is not None:
+                    waiting += max(0, primary.progress.last - state.next + 1)
+        return waiting
+
+    def _want(self, primary, hosts=None, urgent=False):
+        """Ship *primary*'s partition to *hosts* (its followers by default) soon (*urgent*:
+        without waiting for a fuller message)."""
         for host in primary.progress.progress if hosts is None else hosts:
-            self._link(host).wanted.add(primary.partition)
+            link = self._link(host)
+            link.wanted.add(primary.partition)
+            if urgent:
+                link.urgent.add(primary.partition)
         self._schedule_pump()
 
     def _send(self, link):
@@ -532,12 +558,14 @@ class LogSyncService(Service):
         if not parts:
             link.force = False
             link.wanted.clear()
+            link.urgent.clear()
             return
         address = self.address_of(link.host)
         if address is None:
             return
         link.force = False
         link.wanted.difference_update(primary.partition for primary, _kind in sent)
+        link.urgent.intersection_update(link.wanted)
         link.in_flight += 1
         link.sequence += 1
         sequence = link.sequence
@@ -890,7 +918,7 @@ class LogSyncService(Service):
             return defer.fail(errors.Unavailable(f"partition {partition} is already being handed over"))
         d = defer.Deferred()
         primary.handoff = (follower, self.clock.seconds() + self.timing.handoff_timeout, d)
-        self._want(primary, [follower])
+        self._want(primary, [follower], urgent=True)
         self._log.info("handing partition {p} over to {host}", p=partition, host=follower)
 
         def finished(result):

@@ -455,26 +455,38 @@ def test_an_answer_to_a_message_sent_before_the_write_acknowledges_nothing():
     host.service.update(cluster({0: (("a", "b", "c"), 1)}))
     probes = host.pump()  # sent before the write
     d = host.service.acknowledge(host.write(0, 1))
-    sent = host.pump()  # pipelined: the entry goes at once, with the probes still on their way
-    assert [e[0] for e in sent["b"].args["parts"][0]["entries"]] == [1]
+    assert host.pump() == {}  # one new entry waits for the message on its way
     probes["b"].reply([True, 0, 0, 1, False])
     probes["c"].reply([True, 0, 0, 1, False])
     no_result(d)
+    sent = host.pump()
+    assert [e[0] for e in sent["b"].args["parts"][0]["entries"]] == [1]
     sent["b"].reply([True, 1, 1, 1, False])
     success_result_of(d)
 
 
-def test_at_most_pipeline_messages_are_on_their_way_to_a_follower():
+def test_entries_are_pipelined_once_a_batch_is_worth_it_and_within_the_window():
     host = primary_host()
-    calls = []
-    for sequence in range(1, 7):
+    timing = host.service.timing
+    host.service.acknowledge(host.write(0, 1))
+    messages = [host.pump()["b"]]  # nothing was on its way: it goes at once
+    sequence = 1
+    while len(messages) < timing.pipeline:
+        for _ in range(timing.pipeline_batch - 1):
+            sequence += 1
+            host.service.acknowledge(host.write(0, sequence))
+            assert "b" not in host.pump()  # not worth a message of its own yet
+        sequence += 1
         host.service.acknowledge(host.write(0, sequence))
-        calls.append(host.pump())
-    to_b = [c["b"] for c in calls if "b" in c]
-    assert len(to_b) == host.service.timing.pipeline
-    to_b[0].reply([True, 1, 1, 1, False])
-    more = host.pump()
-    assert [e[0] for e in more["b"].args["parts"][0]["entries"]] == [5, 6]
+        messages.append(host.pump()["b"])
+        assert len(messages[-1].args["parts"][0]["entries"]) == timing.pipeline_batch
+    for _ in range(timing.pipeline_batch):  # the window is full: nothing more goes
+        sequence += 1
+        host.service.acknowledge(host.write(0, sequence))
+        assert "b" not in host.pump()
+    messages[0].reply([True, 1, 1, 1, False])
+    more = host.pump()["b"].args["parts"][0]["entries"]
+    assert [e[0] for e in more] == list(range(sequence - timing.pipeline_batch + 1, sequence + 1))
 
 
 def test_five_replicas_need_two_followers():
