@@ -266,6 +266,11 @@ class Cluster:
             led[view["host"]["id"]] = sorted(int(p) for p in view["replication"]["primary"])
         return led
 
+    def failed(self, error, label=""):
+        """The BenchError for a failed nodedb request, with the tail of each node's log."""
+        tails = "\n".join(f"  {n.name}:\n{n.child.tail()}" for n in self.nodes if n.child is not None)
+        return BenchError(f"nodedb request failed{label}: {type(error).__name__}: {error}\n{tails}")
+
     def stop(self):
         for node in self.nodes:
             if node.child is not None:
@@ -433,8 +438,7 @@ async def run_once(reactor, work_dir, args, doc):
             await check.close()
         return figures
     except NodeDBError as e:
-        tails = "\n".join(f"  {n.name}:\n{n.child.tail()}" for n in cluster.nodes if n.child is not None)
-        raise BenchError(f"nodedb request failed: {type(e).__name__}: {e}\n{tails}") from None
+        raise cluster.failed(e) from None
     finally:
         for client in clients:
             await client.close()
@@ -541,8 +545,7 @@ async def spare_once(reactor, work_dir, args, doc):
         figures["sample_read"] = len(sample)
         return figures
     except NodeDBError as e:
-        tails = "\n".join(f"  {n.name}:\n{n.child.tail()}" for n in cluster.nodes if n.child is not None)
-        raise BenchError(f"nodedb request failed (--spare): {type(e).__name__}: {e}\n{tails}") from None
+        raise cluster.failed(e, " (--spare)") from None
     finally:
         for client in clients:
             await client.close()

@@ -438,6 +438,14 @@ def report(title, figures):
     print(f"\n{title}: " + ", ".join(f"{k} {v:.2f} s" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
 
 
+def wait_failed_over(load, victim, led, survivors, since, what):
+    """Wait for a write to *victim*'s partitions, then for a new primary of each, counting
+    from *since*; :return: ``(time of that write, seconds until every one failed over)``."""
+    resumed = load.wait_writes(1, since=since, partitions=led, timeout=RESUME_WITHIN, what=f"a write to {what}")
+    wait_for(lambda: failed_over(survivors, victim), what="a new primary for every partition", interval=0.2)
+    return resumed, time.monotonic() - since
+
+
 def busiest_primary(nodes):
     """``(the node leading the most partitions, the partitions it leads, the others)``."""
     counts = primaries_of(nodes)
@@ -458,11 +466,9 @@ def test_kill_9_the_primary_under_load_then_restart_it(processes, tmp_path):
     victim, led_before, survivors = busiest_primary(nodes)
     killed_at = time.monotonic()
     victim.kill()
-    resumed = load.wait_writes(
-        1, since=killed_at, partitions=led_before, timeout=RESUME_WITHIN, what="a write to the victim's partitions after kill -9"
+    resumed, failover = wait_failed_over(
+        load, victim, led_before, survivors, killed_at, "the victim's partitions after kill -9"
     )
-    wait_for(lambda: failed_over(survivors, victim), what="a new primary for every partition", interval=0.2)
-    failover = time.monotonic() - killed_at
     load.wait_writes(WRITES_AFTER, since=killed_at, what="writes to go on without the victim")
 
     restarted_at = time.monotonic()
@@ -487,12 +493,8 @@ def test_sigstop_a_primary_longer_than_the_failure_threshold(processes, tmp_path
     stopped_at = time.monotonic()
     victim.signal(signal.SIGSTOP)
     try:
-        resumed = load.wait_writes(
-            1, since=stopped_at, partitions=led_before, timeout=RESUME_WITHIN, what="a write to the frozen host's partitions"
-        )
         # Frozen past detection and failover: every partition it led has a new primary.
-        wait_for(lambda: failed_over(survivors, victim), what="a new primary for every partition", interval=0.2)
-        failover = time.monotonic() - stopped_at
+        resumed, failover = wait_failed_over(load, victim, led_before, survivors, stopped_at, "the frozen host's partitions")
         load.wait_writes(WRITES_AFTER, since=stopped_at, what="writes to go on while the primary is frozen")
         load.wait_writes(100, since=stopped_at + HOLD, timeout=HOLD + TIMEOUT, what=f"writes {HOLD:.0f} s into the freeze")
     finally:
@@ -653,11 +655,9 @@ def test_cut_off_the_primary_under_load_then_heal(processes, tmp_path):
         else:
             victim.signal(signal.SIGSTOP)
         try:
-            resumed = load.wait_writes(
-                1, since=cut_at, partitions=led_before, timeout=RESUME_WITHIN, what="a write to the cut-off host's partitions"
+            resumed, failover = wait_failed_over(
+                load, victim, led_before, survivors, cut_at, "the cut-off host's partitions"
             )
-            wait_for(lambda: failed_over(survivors, victim), what="a new primary for every partition", interval=0.2)
-            failover = time.monotonic() - cut_at
             load.wait_writes(WRITES_AFTER, since=cut_at, what="writes to go on while the primary is cut off")
             load.wait_writes(100, since=cut_at + HOLD, timeout=HOLD + TIMEOUT, what=f"writes {HOLD:.0f} s into the cut")
             if network is not None:
