@@ -30,7 +30,7 @@ from nodedb import errors
 from nodedb.ids import IdLayout, check_element_id
 from nodedb.interfaces import ILogSync
 from nodedb.logsync.state import PrimaryProgress, choose_primary, majority
-from nodedb.storage import Append, LogEntry, Load, Promise, Reset, Truncate
+from nodedb.storage import MORE, Append, LogEntry, Load, Promise, Reset, Truncate
 from nodedb.storage.apply import epoch_at
 from nodedb.wire import codec
 
@@ -128,9 +128,9 @@ def _entry(partition, value, layout):
     commit_id, epoch, timestamp, change, record_type, element_id, data = value
     _int(commit_id, "commit id")
     _int(epoch, "epoch")
-    codec.check_type_name(record_type)
+    codec.check_stored_type(record_type)
     _element_of(partition, element_id, layout)
-    if type(timestamp) not in (int, float) or type(change) is not int or change not in (0, 1, 2) or type(data) is not bytes:
+    if type(timestamp) not in (int, float) or type(change) is not int or change & ~MORE not in (0, 1, 2) or type(data) is not bytes:
         raise errors.InvalidRequest("logsync: malformed log entry")
     return LogEntry.from_wire(partition, value)
 
@@ -139,7 +139,7 @@ def _element(partition, value, layout):
     if type(value) is not list or len(value) != 4:
         raise errors.InvalidRequest("logsync: malformed element")
     record_type, element_id, data, version = value
-    codec.check_type_name(record_type)
+    codec.check_stored_type(record_type)
     _element_of(partition, element_id, layout)
     _int(version, "version")
     if type(data) is not bytes:
@@ -585,7 +585,7 @@ class LogSyncService(Service):
             return self._resync_part(primary, state.resync)
         entries = []
         if state.next <= primary.progress.last:
-            entries = self.storage.read_log(partition, prev, self.timing.batch_entries)
+            entries = self._whole_commits(partition, prev)
         part = {
             "p": partition,
             "e": primary.epoch,
@@ -598,6 +598,26 @@ class LogSyncService(Service):
             "start": primary.start,
         }
         return part, "append", 64 + sum(len(entry.data) + 48 for entry in entries)
+
+    def _whole_commits(self, partition, prev):
+        """Up to ``batch_entries`` log entries after *prev*, cut at the end of a commit (a
+        transaction's entries travel together, however many there are), so that no copy,
+        and no primary a failover picks, ever holds part of a commit."""
+        entries = self.storage.read_log(partition, prev, self.timing.batch_entries)
+        if not entries or not entries[-1].more:
+            return entries
+        end = len(entries)
+        while end and entries[end - 1].more:
+            end -= 1
+        if end:
+            return entries[:end]
+        while entries[-1].more:  # one commit longer than a batch
+            more = self.storage.read_log(partition, entries[-1].commit_id, self.timing.batch_entries)
+            if not more:
+                return []  # storage commits are atomic: cannot happen
+            entries.extend(more)
+        end = next(i for i, entry in enumerate(entries) if not entry.more)
+        return entries[: end + 1]
 
     def _resync_part(self, primary, resync):
         partition = primary.partition

@@ -23,7 +23,12 @@ class ChangeType(enum.IntEnum):
     CREATE = 0b00
     DELETE = 0b01
     UPDATE = 0b10
-    TRANSACTION = 0b11  # reserved for the prepare/decision records of multi-host transactions
+    TRANSACTION = 0b11  # reserved
+
+
+#: Set in a log entry's change byte when the next entry of the partition belongs to the same
+#: commit: replication ships a commit's entries together, so no copy holds half of one.
+MORE = 0b100
 
 
 @dataclass(slots=True)
@@ -125,6 +130,7 @@ class LogEntry:
     element_id: int
     data: bytes
     epoch: int = 0
+    more: bool = False
 
     def key(self):
         """The log key: partition then commit id, so a partition's log is one key range."""
@@ -132,7 +138,8 @@ class LogEntry:
 
     def value(self):
         name = self.record_type.encode("ascii")
-        head = _LOG_HEAD.pack(self.timestamp, self.epoch, self.change_type, self.element_id, len(name))
+        change = self.change_type | (MORE if self.more else 0)
+        head = _LOG_HEAD.pack(self.timestamp, self.epoch, change, self.element_id, len(name))
         return head + name + self.data
 
     @staticmethod
@@ -146,15 +153,18 @@ class LogEntry:
         start = _LOG_HEAD.size
         name = bytes(value[start : start + name_length]).decode("ascii")
         data = bytes(value[start + name_length :])
-        return cls(partition, commit_id, timestamp, ChangeType(change_type), name, element_id, data, epoch)
+        more = bool(change_type & MORE)
+        return cls(partition, commit_id, timestamp, ChangeType(change_type & 3), name, element_id, data, epoch, more)
 
     @classmethod
     def from_wire(cls, partition, value):
-        commit_id, epoch, timestamp, change_type, record_type, element_id, data = value
-        return cls(partition, commit_id, timestamp, ChangeType(change_type), record_type, element_id, data, epoch)
+        commit_id, epoch, timestamp, change, record_type, element_id, data = value
+        more = bool(change & MORE)
+        return cls(partition, commit_id, timestamp, ChangeType(change & 3), record_type, element_id, data, epoch, more)
 
     def to_wire(self):
-        return [self.commit_id, self.epoch, self.timestamp, int(self.change_type), self.record_type, self.element_id, self.data]
+        change = int(self.change_type) | (MORE if self.more else 0)
+        return [self.commit_id, self.epoch, self.timestamp, change, self.record_type, self.element_id, self.data]
 
 
 @dataclass(slots=True)

@@ -86,8 +86,10 @@ def apply_operations(txn, operations, timestamp, layout, epochs=None):
         seen[key] = None if change is ChangeType.DELETE else (data, commit_id)
         state.last_epoch = state.epoch
         planned.append(LogEntry(partition, commit_id, timestamp, change, op.record_type, op.element_id, data, state.epoch))
+    last_of = {entry.partition: index for index, entry in enumerate(planned)}
     results = []
-    for entry in planned:
+    for index, entry in enumerate(planned):
+        entry.more = last_of[entry.partition] != index
         if entry.change_type is ChangeType.DELETE:
             txn.delete_element(entry.record_type, entry.element_id)
         else:

@@ -14,7 +14,9 @@ disk would) and restarted, also at a new address.
 
 import random
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nodedb.client import Client
 from nodedb.config import NodeConfig
@@ -195,22 +197,26 @@ class SimCluster:
             return False
         return not primary_moves(voting.state, leader.node._host_views(), voting.settings)
 
-    def replicated(self):
+    def replicated(self, full=True):
         """Every live host agrees on the partition map, every partition has its full replica
-        set of live hosts, each caught up with its primary (same last commit id)."""
+        set of live hosts, each caught up with its primary (same last commit id). Without
+        *full*, replicas that are down are left out: every partition has a live primary and
+        its live replicas are caught up."""
         if not self.agreed():
             return False
         live = {h.node.identity["host_id"]: h for h in self.live()}
         state = self.live()[0].node.voting.state
         target = min(state.replicas, len(state.members))
         for partition, assignment in state.assignments.items():
-            if len(assignment.replicas) != target or not all(r in live for r in assignment.replicas):
+            if full and (len(assignment.replicas) != target or not all(r in live for r in assignment.replicas)):
+                return False
+            if assignment.primary not in live:
                 return False
             primary = live[assignment.primary].node
             if not primary.logsync.is_primary(partition):
                 return False
             last = primary.storage.partition_state(partition).last_commit_id
-            for replica in assignment.replicas[1:]:
+            for replica in assignment.replicas[1:] if full else [r for r in assignment.replicas[1:] if r in live]:
                 copy = live[replica].node.storage.partition_state(partition)
                 if copy.syncing or copy.last_commit_id != last or partition in live[replica].node.logsync.syncing():
                     return False
@@ -234,6 +240,20 @@ class SimCluster:
 
     def run(self, seconds):
         self.network.run(seconds)
+
+    def wait(self, coroutine, timeout=30.0):
+        """Run *coroutine* on the simulated clock and return its result (or raise its error)."""
+        outcome = []
+        defer.ensureDeferred(coroutine).addBoth(outcome.append)
+        self.run_until(lambda: outcome, timeout=timeout)
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
+
+    def primary_host(self, partition):
+        """The live :class:`SimHost` the agreed map names primary of *partition*."""
+        primary = self.live()[0].node.voting.state.assignments[partition].primary
+        return next(h for h in self.hosts if h.up and h.node.identity["host_id"] == primary)
 
     def run_until(self, condition, timeout, check_every=0.05):
         return self.network.run_until(condition, timeout, check_every)

@@ -259,6 +259,19 @@ class StorageBackendContract(_BackendFixtures):
         changes = [e.change_type for e in backend.read_log(6, 0, 10)]
         assert changes == [ChangeType.CREATE, ChangeType.UPDATE, ChangeType.DELETE, ChangeType.CREATE]
 
+    @pytest_twisted.ensureDeferred
+    async def test_the_entries_of_one_commit_are_marked_as_one(self, backend):
+        """Every entry but a commit's last in each partition says more follow, so that
+        replication ships a commit whole; the mark survives storage and the wire."""
+        a, b = self.id(6, 1), self.id(7, 1)
+        await self.commit(backend, [Insert("t", a, doc(v=1))])
+        await self.commit(backend, [Insert("t", a + 1, doc(v=1)), Insert("t", b, doc(v=1)), Update("t", a, doc(v=2))])
+        log_a, log_b = backend.read_log(6, 0, 10), backend.read_log(7, 0, 10)
+        assert [e.more for e in log_a] == [False, True, False]
+        assert [e.more for e in log_b] == [False]
+        assert [e.change_type for e in log_a] == [ChangeType.CREATE, ChangeType.CREATE, ChangeType.UPDATE]
+        assert [LogEntry.from_wire(6, e.to_wire()) for e in log_a] == log_a
+
     @pytest.mark.parametrize(
         "last, error",
         [

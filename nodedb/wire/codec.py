@@ -125,3 +125,18 @@ def check_type_name(value):
     if type(value) is not str or not _TYPE_NAME.match(value):
         raise InvalidRequest("a record type is 1-64 characters of a-z, 0-9 and _")
     return value
+
+
+#: Record types nodedb keeps for itself: the prepare and decision records of transactions
+#: that span partitions. Their names are outside what :func:`check_type_name` accepts, so no
+#: client can read or write them; replication carries them like any other element.
+PREPARED_TYPE = "nodedb.prepared"
+DECISION_TYPE = "nodedb.decision"
+INTERNAL_TYPES = frozenset({PREPARED_TYPE, DECISION_TYPE})
+
+
+def check_stored_type(value):
+    """*value* as a record type a peer may replicate: a client's type or an internal one."""
+    if value in INTERNAL_TYPES:
+        return value
+    return check_type_name(value)

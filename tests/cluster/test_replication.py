@@ -21,13 +21,7 @@ def host_id(host):
 
 
 def run(cluster, coroutine, timeout=30.0):
-    """Run *coroutine* on the simulated clock and return its result (or raise its error)."""
-    outcome = []
-    defer.ensureDeferred(coroutine).addBoth(outcome.append)
-    cluster.run_until(lambda: outcome, timeout=timeout)
-    if isinstance(outcome[0], Exception) or hasattr(outcome[0], "raiseException"):
-        outcome[0].raiseException()
-    return outcome[0]
+    return cluster.wait(coroutine, timeout)
 
 
 def replicated_cluster(seed, hosts=3, **options):
@@ -43,9 +37,7 @@ def copies(cluster, record_type="item"):
 
 
 def primary_host(cluster, partition):
-    state = cluster.live()[0].node.voting.state
-    primary = state.assignments[partition].primary
-    return next(h for h in cluster.hosts if h.up and host_id(h) == primary)
+    return cluster.primary_host(partition)
 
 
 async def insert_many(client, count, record_type="item"):

@@ -1,6 +1,7 @@
 """LogSyncService driven by hand: a memory store, a fake clock and a transport whose calls
 are answered (or not) by the test."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -781,3 +782,23 @@ def test_an_election_ignores_syncing_answers_and_honours_prefer_on_ties():
     calls["b:1"].reply([True, 1, 7, False])
     calls["c:1"].reply([True, 1, 7, False])
     assert success_result_of(chosen) == {0: "c"}
+
+
+def test_a_primary_ships_a_commits_entries_together():
+    """A batch ends where a commit ends, even when that commit alone is longer than a batch,
+    so that no follower (and no primary a failover picks) holds part of a transaction."""
+    host = Host("a")
+    host.service.timing = dataclasses.replace(host.service.timing, batch_entries=3)
+    commits = [[1], [2, 3, 4], [5], [6, 7, 8, 9, 10], [11]]
+    for sequences in commits:
+        success_result_of(host.storage.commit([Insert("doc", eid(0, s), b"x") for s in sequences], 1.0))
+
+    def batch(prev):
+        return [e.commit_id for e in host.service._whole_commits(0, prev)]
+
+    assert batch(0) == [1]  # 1 | 2 3 4: the batch of 3 would cut the second commit
+    assert batch(1) == [2, 3, 4]
+    assert batch(4) == [5]
+    assert batch(5) == [6, 7, 8, 9, 10]  # longer than a batch: shipped whole
+    assert batch(10) == [11]
+    assert batch(11) == []
