@@ -135,7 +135,10 @@ class Client:
         return self._call("delete", _without_none(type=record_type, key=element_id, if_version=if_version))
 
     def scan(self, record_type, where=None, limit=None, cursor=None):
-        """:return: a Deferred that fires with a :class:`Page`."""
+        """:return: a Deferred that fires with a :class:`Page`, or fails with
+        :class:`~nodedb.errors.CursorExpired` (an InvalidRequest) when the node that issued
+        *cursor* dropped its state after an idle time (60 s by default): start again. A cursor
+        works on any node; ``Unavailable`` during a failover is retried like any read."""
         d = self._call("scan", _without_none(type=record_type, where=where, limit=limit, cursor=cursor), idempotent=True)
         return d.addCallback(lambda page: Page([tuple(item) for item in page["items"]], page["cursor"]))
 

@@ -106,6 +106,7 @@ class NodeConfig:
     peer_retries: int = 1
     heartbeat_interval: float = 1.0
     remove_after: float = 600.0
+    scan_idle_timeout: float = 60.0
 
     def __post_init__(self):
         self.check()
@@ -132,6 +133,8 @@ class NodeConfig:
             raise ConfigError("--heartbeat-interval must be between 0.05 and 60 seconds")
         if not 1 <= self.remove_after <= 10**7:
             raise ConfigError("--remove-after must be between 1 and 10000000 seconds")
+        if not 1 <= self.scan_idle_timeout <= 86400:
+            raise ConfigError("--scan-idle-timeout must be between 1 and 86400 seconds")
         for seed in self.seeds:
             try:
                 parse_address(seed)

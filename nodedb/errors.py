@@ -58,6 +58,14 @@ class InvalidRequest(NodeDBError):
     wire_name = "InvalidRequest"
 
 
+class CursorExpired(InvalidRequest):
+    """The scan state a cursor names was dropped by the host that issued it (idle too long,
+    or evicted to make room): start the scan again. A cursor presented to another host, or
+    to the same host after a restart, resumes from its position instead."""
+
+    wire_name = "CursorExpired"
+
+
 class ProtocolError(NodeDBError):
     """The peer broke the framing or the handshake; the connection is closed."""
 
@@ -66,7 +74,7 @@ class ProtocolError(NodeDBError):
 
 _BY_WIRE_NAME = {
     cls.wire_name: cls
-    for cls in (NodeDBError, NotFound, Conflict, Timeout, Unavailable, InvalidRequest, ProtocolError)
+    for cls in (NodeDBError, NotFound, Conflict, Timeout, Unavailable, InvalidRequest, CursorExpired, ProtocolError)
 }
 
 

@@ -175,8 +175,16 @@ class IPeerTransport(Interface):
 
         :return: a Deferred that fires with the reply value, or fails with the error the
             remote handler raised, :class:`~nodedb.errors.Timeout` after *timeout* seconds,
-            or :class:`~nodedb.errors.Unavailable` if the host cannot be reached.
+            or :class:`~nodedb.errors.Unavailable` if the host cannot be reached. A local
+            Unavailable means the request was never sent; its subclass
+            :class:`~nodedb.errors.ConnectionLost` and Timeout mean it may have been.
+        :raise ValueError: if *timeout* is not a positive number of seconds (every remote
+            call has a deadline).
         """
+
+    def reachable(address):
+        """:return: False when the connection to *address* is known to be down, True while
+            it is up or has not been tried yet."""
 
 
 class IGossip(Interface):

@@ -23,7 +23,10 @@ from nodedb.metrics import NodeMetrics
 from nodedb.query.api import RequestAPI
 from nodedb.query.local import LocalQuery
 from nodedb.query.router import Router
-from nodedb.reliability.service import Reliability, ReliabilitySettings
+from nodedb.query.scans import ScanSettings
+from nodedb.query.relay import rank_relays
+from nodedb.reliability.service import Reliability, ReliabilitySettings, ReportingTransport
+from nodedb.transactions.service import TransactionService, TransactionSettings
 from nodedb.topology.vivaldi import direction, distance
 from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.policy import HostView, VotingSettings
@@ -101,6 +104,9 @@ class NodeService(MultiService):
         self.query = None
         self.api = None
         self.transport = None
+        #: The transport as replication, voting and routing call peers through it: their
+        #: calls that time out raise the peer's unreliability.
+        self.peer_calls = None
         self.reliability = None
         self.gossip = None
         self.voting = None
@@ -188,6 +194,9 @@ class NodeService(MultiService):
             cluster=self._cluster_description,
         )
         self.gossip.install(self.api)
+        self.peer_calls = ReportingTransport(
+            self.transport, self.reliability, self.gossip.host_at, self.reactor, burst_gap=self.config.heartbeat_interval or 1.0
+        )
         if self.identity["cluster_id"] is None:
             await self._join()
         elif self.config.seeds:
@@ -215,18 +224,31 @@ class NodeService(MultiService):
             self.reactor,
             self.identity["host_id"],
             self.storage,
-            self.transport,
+            self.peer_calls,
             self._address_of,
             timing=self.logsync_timing,
             on_fenced=self._fenced,
             on_syncing=self._syncing_changed,
         )
         self.logsync.install(self.api)
-        self.query.transport = self.transport
+        self.query.transport = self.peer_calls
         self.query.install(self.api)
         self.local.replication = self.logsync
         self.logsync.setName("logsync")
         self.logsync.setServiceParent(self)
+        self.transactions = TransactionService(
+            self.local,
+            self.identity["host_id"],
+            lambda partition: self.query._primary_of(partition),
+            # Every tx.* request is idempotent, so it may go through a relay after any failure.
+            lambda host, op, arguments, timeout: self.query.call_host(host, op, arguments, False, timeout),
+            self.reactor,
+            TransactionSettings(timeout=self.config.peer_timeout * 2, prepare_timeout=self.config.peer_timeout),
+        )
+        self.transactions.install(self.api)
+        self.query.transactions = self.transactions
+        self.transactions.setName("transactions")
+        self.transactions.setServiceParent(self)
 
     async def _leading(self, timeout=10.0):
         """Wait (at most *timeout* seconds) until the partitions the agreed map gives this
@@ -251,7 +273,7 @@ class NodeService(MultiService):
         self.voting = VotingService(
             self.reactor,
             self.identity["host_id"],
-            self.transport,
+            self.peer_calls,
             self.storage,
             address_of=self._address_of,
             views=self._host_views,
@@ -377,6 +399,19 @@ class NodeService(MultiService):
                 best = (rank, host_id)
         return best[1] if best is not None else assignment.primary
 
+    def _reachable(self, host_id):
+        """Whether this host can call *host_id* directly now: its connection is not known to
+        be down and the host is available from here."""
+        address = self._address_of(host_id)
+        return address is not None and self.transport.reachable(address) and self.reliability.is_available(host_id)
+
+    def _relays(self, target):
+        """Hosts this one reaches that could relay a call to *target*, best first."""
+        own = self.identity["host_id"]
+        state = self.voting.state
+        candidates = [h for h in state.members if h not in (own, target) and self._reachable(h)]
+        return rank_relays(target, candidates, state.assignments, self.reliability.score)
+
     def _log_join_failure(self, failure):
         self._log.failure("joining through the seeds failed", failure)
 
@@ -402,6 +437,9 @@ class NodeService(MultiService):
             nearest_replica=self._nearest_replica,
             can_insert=self._can_insert,
             timeout=self.config.peer_timeout * 2,
+            reachable=self._reachable,
+            relays=self._relays,
+            scan_settings=ScanSettings(idle_timeout=self.config.scan_idle_timeout),
         )
         self.api = RequestAPI(self.query, self.hello, self.reactor, self.metrics, admit_peer=self._admit_peer)
 
@@ -480,6 +518,8 @@ class NodeService(MultiService):
         self.gossip.update_local(cluster_id=identity["cluster_id"])
 
     def stopService(self):
+        if self.query is not None:
+            self.query.scans.stop()
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.storage.close())
         return d
@@ -624,6 +664,7 @@ class NodeService(MultiService):
             "ni": {"size": gossip.ni.size, "checksum": f"{gossip.ni.checksum:016x}", "rounds": self.gossip.rounds},
             "voting": self.voting.status() if self.voting is not None else None,
             "replication": self.logsync.status() if self.logsync is not None else None,
+            "scans": self.query.scans.status() if self.query is not None else None,
         }
 
 

@@ -52,6 +52,7 @@ class Options(usage.Options):
         ["peer-retries", None, 1, "More tries of an idempotent call to another host after a timeout.", int],
         ["heartbeat-interval", None, 1.0, "Seconds between heartbeats to each connected host.", float],
         ["remove-after", None, 600.0, "Seconds a host may stay unavailable before it loses its partitions.", float],
+        ["scan-idle-timeout", None, 60.0, "Seconds a scan cursor's state is kept after its last page.", float],
     ]
     optFlags = [
         ["insecure", None, "Allow plaintext on non-loopback addresses (no TLS)."],
@@ -87,6 +88,7 @@ class Options(usage.Options):
                 peer_retries=self["peer-retries"],
                 heartbeat_interval=self["heartbeat-interval"],
                 remove_after=self["remove-after"],
+                scan_idle_timeout=self["scan-idle-timeout"],
             )
             # An unknown backend is a command-line mistake: report it here, where twistd
             # prints it as one, rather than as a traceback from makeService.

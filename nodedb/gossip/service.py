@@ -194,6 +194,11 @@ class GossipService(Service):
         self._by_address[entry.address] = entry
         self.reliability.new_generation(entry.host_id, entry.generation)
 
+    def host_at(self, address):
+        """:return: the id of the host the NI places at *address*, or None."""
+        entry = self._by_address.get(address)
+        return entry.host_id if entry is not None else None
+
     # -- topology ---------------------------------------------------------------------------
 
     def observe_heartbeat(self, address, rtt, reply):

@@ -6,6 +6,11 @@ it straight to the primary over the peer connection (``query.forward``). A forwa
 is never forwarded again: a host that is no longer the primary answers Unavailable (nothing
 applied), and the client library retries. A write whose forward is lost on the way back
 fails with Timeout instead, because it may have been applied.
+
+When this host cannot reach the primary directly (its connection to it is down, or the
+primary is unavailable from here) while the partition map still names it, the call goes
+through another host that relays it once (``query.relay``): :meth:`Router.call_host`, with
+the rules of :mod:`nodedb.query.relay`.
 """
 
 import itertools
@@ -16,11 +21,15 @@ from zope.interface import implementer
 
 from nodedb import errors
 from nodedb.interfaces import IQuery
+from nodedb.query import relay
 from nodedb.query.api import parse_arguments, parse_transaction
-from nodedb.query.cursor import decode_cursor, encode_cursor
 from nodedb.query.local import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from nodedb.query.scans import ScanService, ScanSettings, parse_batch
+from nodedb.transactions.service import plan, to_wire
 
 _WRITES = frozenset({"insert", "update", "delete", "transaction"})
+#: The longest a relay waits for the target (``--peer-timeout`` is at most 300 s).
+_MAX_RELAY_TIMEOUT = 300.0
 
 
 @implementer(IQuery)
@@ -37,12 +46,33 @@ class Router:
     :param nearest_replica: ``nearest_replica(partition)`` -> the closest host holding a
         current copy (this host when it does), for ``consistency="replica"`` reads.
     :param can_insert: ``can_insert()`` -> whether this host takes new elements itself.
+    :param timeout: seconds a call to another host may take, relays included.
+    :param reachable: ``reachable(host_id)`` -> False when this host cannot reach that one
+        directly now (its connection is down, or the host is unavailable from here).
+    :param relays: ``relays(host_id)`` -> hosts this one reaches that could relay a call to
+        that host, best first (:func:`nodedb.query.relay.rank_relays`).
+    :param clock: for the deadlines of calls (by default the clock of *local*).
+    :param scan_settings: the :class:`~nodedb.query.scans.ScanSettings` of the scans this
+        host coordinates.
     """
 
     _log = Logger()
 
     def __init__(
-        self, local, host_id, cluster, transport, address_of, insert_hosts, nearest_replica, can_insert, timeout=10.0
+        self,
+        local,
+        host_id,
+        cluster,
+        transport,
+        address_of,
+        insert_hosts,
+        nearest_replica,
+        can_insert,
+        timeout=10.0,
+        reachable=None,
+        relays=None,
+        clock=None,
+        scan_settings=None,
     ):
         self.local = local
         self.host_id = host_id
@@ -53,11 +83,30 @@ class Router:
         self.nearest_replica = nearest_replica
         self.can_insert = can_insert
         self.timeout = timeout
+        self.reachable = reachable or (lambda host: True)
+        self.relays = relays or (lambda host: [])
+        self.clock = clock or local.clock
         self.layout = local.storage.layout
         self._turn = itertools.count()
+        #: The scans this host coordinates (:mod:`nodedb.query.scans`).
+        self.scans = ScanService(
+            host_id,
+            self.layout,
+            partitions=lambda: self.cluster().partitions,
+            primary_of=self._scan_primary,
+            fetch=self._scan_batch,
+            clock=local.clock,
+            settings=scan_settings or ScanSettings(),
+        )
+        #: The :class:`~nodedb.transactions.service.TransactionService` of a replicated node.
+        self.transactions = None
+        #: Calls this host sent through a relay, and calls it relayed for others.
+        self.relayed = 0
+        self.relays_served = 0
 
     def install(self, api):
         api.register("query.forward", self._serve_forward)
+        api.register("query.relay", self._serve_relay)
 
     # -- IQuery -----------------------------------------------------------------------------
 
@@ -109,73 +158,52 @@ class Router:
         )
 
     def scan(self, record_type, where=None, limit=None, cursor=None):
+        """A page of a scan of every partition at once, merged in id order
+        (:class:`~nodedb.query.scans.ScanService`)."""
         limit = DEFAULT_PAGE_SIZE if limit is None else limit
         if not 1 <= limit <= MAX_PAGE_SIZE:
             return defer.fail(errors.InvalidRequest(f"limit must be between 1 and {MAX_PAGE_SIZE}"))
-        try:
-            after = decode_cursor(cursor)
-        except errors.NodeDBError as e:
-            return defer.fail(e)
-        return defer.ensureDeferred(self._scan(record_type, where, limit, after))
+        return self.scans.page(record_type, where, limit, cursor)
 
-    async def _scan(self, record_type, where, limit, after):
-        """Walk the partitions in id order, one request per run of partitions that share a
-        primary, until the page is full."""
-        items = []
-        count = self.cluster().partitions
-        partition = self.layout.partition_of(after + 1)
-        while partition < count and len(items) < limit:
-            host = self._primary_of(partition)
-            last = partition
-            while last + 1 < count and self._primary_of(last + 1) == host:
-                last += 1
-            until = self.layout.last_id(last)
-            cursor = encode_cursor(after) if after >= 0 else None
-            request = _request("scan", type=record_type, where=where, limit=limit - len(items), cursor=cursor, until=until)
-            if host == self.host_id:
-                page = await defer.maybeDeferred(self.local.scan, record_type, where, limit - len(items), cursor, until)
-            else:
-                page = await self._forward(host, request)
-            items.extend(page["items"])
-            if page["cursor"] is not None:
-                return {"items": items, "cursor": page["cursor"]}
-            after, partition = until, last + 1
-        return {"items": items, "cursor": encode_cursor(after) if partition < count else None}
+    def _scan_primary(self, partition):
+        assignment = self.cluster().assignments.get(partition)
+        return None if assignment is None else assignment.primary
+
+    def _scan_batch(self, host, request):
+        """One batch of a scan this host coordinates, run by *host* (this one included)."""
+        if host == self.host_id:
+            a = parse_batch(request, self.layout, self.cluster().partitions)
+            return self.local.scan_parts(a["record_type"], a["where"], a["parts"], a["limit"], a["examine"])
+        return self._forward(host, request)
 
     def transaction(self, operations):
-        partitions = set()
-        for operation in operations:
-            key = operation.get("id", operation.get("near"))
-            if key is not None:
-                partitions.add(self.layout.partition_of(key))
-        try:
-            hosts = {self._primary_of(p) for p in partitions}
-        except errors.NodeDBError as e:
-            return defer.fail(e)
-        if len(hosts) > 1:
-            return defer.fail(
-                errors.InvalidRequest(
-                    "this transaction spans partitions led by different hosts; "
-                    "for now a transaction must stay within one primary host's partitions"
-                )
-            )
-        host = hosts.pop() if hosts else None
-        if host is None:
+        """One commit at the partition's primary when every operation is in one partition;
+        otherwise two-phase commit coordinated by the primary of the home partition (see
+        :mod:`nodedb.transactions.service`)."""
+        home, groups = plan(operations, self.layout.partition_of)
+        if home is None:
             if self.can_insert():
                 return self.local.transaction(operations)
             candidates = [h for h in self.insert_hosts() if h != self.host_id]
             if not candidates:
                 return defer.fail(errors.Unavailable("no host with room takes inserts now"))
-            host = candidates[next(self._turn) % len(candidates)]
+            return self._forward(candidates[next(self._turn) % len(candidates)], _transaction_request(operations))
+        try:
+            host = self._primary_of(home)
+        except errors.NodeDBError as e:
+            return defer.fail(e)
         if host == self.host_id:
-            return self.local.transaction(operations)
-        wire = []
-        for operation in operations:
-            item = {name: value for name, value in operation.items() if name != "id" and value is not None}
-            if "id" in operation:
-                item["key"] = operation["id"]
-            wire.append(item)
-        return self._forward(host, {"op": "transaction", "ops": wire})
+            return self._transaction_here(operations)
+        return self._forward(host, _transaction_request(operations))
+
+    def _transaction_here(self, operations):
+        home, groups = plan(operations, self.layout.partition_of)
+        if len(groups) > 1 and self.transactions is not None:
+            return self.transactions.run(operations)
+        if home is not None:
+            anchor = next(op.get("id", op.get("near")) for op in operations if op.get("id", op.get("near")) is not None)
+            operations = [dict(op, near=anchor) if op["op"] == "insert" and op.get("near") is None else op for op in operations]
+        return self.local.transaction(operations)
 
     def status(self):
         return self.local.status()
@@ -200,22 +228,71 @@ class Router:
         return self._forward(host, request())
 
     def _forward(self, host, request):
-        address = self.address_of(host)
-        if address is None:
-            return defer.fail(errors.Unavailable(f"the address of host {host} is not known"))
-        d = self.transport.call(address, "query.forward", {"request": request}, self.timeout)
-        return d.addErrback(self._forward_failed, request["op"] in _WRITES)
+        """Send the client *request* to *host*, which runs it (``query.forward``)."""
+        return self.call_host(host, "query.forward", {"request": request}, request["op"] in _WRITES)
 
-    @staticmethod
-    def _forward_failed(failure, write):
-        error = failure.value
-        if getattr(error, "remote", False):
-            return failure  # the primary's own answer
-        if isinstance(error, (errors.ConnectionLost, errors.Timeout)) and write:
-            raise errors.Timeout("the primary did not answer in time; the write may or may not be applied")
-        if isinstance(error, errors.NodeDBError):
-            raise errors.Unavailable(f"cannot reach the partition's host: {error}")
-        return failure
+    # -- calling other hosts, directly or through a relay ------------------------------------
+
+    def call_host(self, host, op, arguments, write, timeout=None):
+        """Call the peer operation *op* on *host*: over this host's own connection to it, or,
+        when this host cannot reach it, through another host that relays the call once
+        (``query.relay``; the rules are in :mod:`nodedb.query.relay`).
+
+        :param write: True if the call may change state. It then goes through a relay only
+            while no earlier attempt can have reached *host*, and fails with Timeout (the
+            outcome unknown) once one may have; a read tries every way while time lasts.
+        :param timeout: seconds for the whole call, every attempt included (by default the
+            router's ``timeout``).
+        :return: a Deferred of the reply. An error *host* answered passes through unchanged
+            (``remote``); otherwise the call fails with Timeout (a write that may have been
+            applied) or Unavailable (nothing was applied: it may be sent again).
+        """
+        timeout = self.timeout if timeout is None else timeout
+        return defer.ensureDeferred(self._call_host(host, op, arguments, write, timeout))
+
+    async def _call_host(self, host, op, arguments, write, timeout):
+        deadline = self.clock.seconds() + timeout
+        address = self.address_of(host)
+        why = f"the address of host {host} is not known"
+        relays = self.relays(host) if address is None or not self.reachable(host) else []
+        if address is not None and not relays:
+            try:
+                return await self.transport.call(address, op, arguments, timeout)
+            except errors.NodeDBError as e:
+                outcome = relay.classify(e)
+                if outcome == relay.FINAL:
+                    raise
+                if outcome == relay.UNKNOWN and write:
+                    raise _outcome_unknown(host) from None
+                why = str(e)
+            relays = self.relays(host)
+        for via in relays[: relay.MAX_RELAYS]:
+            remaining = deadline - self.clock.seconds()
+            if remaining < relay.MIN_ATTEMPT:
+                break
+            via_address = self.address_of(via)
+            if via_address is None:
+                continue
+            self.relayed += 1
+            self._log.debug("calling {op} on {host} through {via}", op=op, host=host, via=via)
+            arguments_through = {"to": host, "call": op, "args": arguments, "timeout": remaining * relay.RELAY_SHARE}
+            try:
+                reply = await self.transport.call(via_address, "query.relay", arguments_through, remaining)
+            except errors.NodeDBError as e:
+                # The relay's own refusal (it answered before calling anyone) sent nothing on.
+                outcome, detail = (relay.UNSENT if e.remote else relay.classify(e)), str(e)
+                if outcome == relay.FINAL:
+                    raise
+            else:
+                outcome, detail = relay.read_relay_reply(reply)
+                if outcome == relay.FINAL:
+                    if isinstance(detail, errors.NodeDBError):
+                        raise detail  # the target's own answer, remote
+                    return detail
+            if outcome == relay.UNKNOWN and write:
+                raise _outcome_unknown(host)
+            why = f"through {via}: {detail}"
+        raise errors.Unavailable(f"cannot reach host {host} ({why})")
 
     # -- serving forwarded requests ---------------------------------------------------------
 
@@ -225,13 +302,45 @@ class Router:
             raise errors.InvalidRequest("query.forward: request is a map")
         return self._run_local(inner)
 
+    def _serve_relay(self, request):
+        """Pass a call on to its target, once, over this host's own connection: never
+        through another relay, so that relayed calls cannot loop. The reply tells the
+        target's answer apart from this host's failure to get one
+        (:func:`nodedb.query.relay.relay_reply`)."""
+        to, call, arguments, timeout = (request.get(name) for name in ("to", "call", "args", "timeout"))
+        if type(to) is not str or type(call) is not str or not (arguments is None or type(arguments) is dict):
+            raise errors.InvalidRequest("query.relay: to and call are text, args a map")
+        if type(timeout) not in (int, float) or not timeout > 0:
+            raise errors.InvalidRequest("query.relay: timeout is a positive number of seconds")
+        if call == "query.relay":
+            raise errors.InvalidRequest("query.relay: a relayed call is not relayed again")
+        if to == self.host_id:
+            return {relay.UNSENT: "the relay is the target itself"}
+        address = self.address_of(to)
+        if address is None:
+            return {relay.UNSENT: f"the address of host {to} is not known here"}
+        if not self.transport.reachable(address):
+            return {relay.UNSENT: f"host {to} is not reachable from here either"}
+        self.relays_served += 1
+        d = self.transport.call(address, call, arguments, min(timeout, _MAX_RELAY_TIMEOUT))
+        return d.addCallbacks(lambda value: {"ok": value}, self._relay_failed)
+
+    def _relay_failed(self, failure):
+        if not failure.check(errors.NodeDBError):
+            self._log.failure("relaying a call failed", failure)
+        return relay.relay_reply(failure.value)
+
     def _run_local(self, request):
         """Run *request* here, as the partition's primary (or replica), never forwarding."""
         op = request.get("op")
         local = self.local
         if op == "transaction":
-            return local.transaction(parse_transaction(request.get("ops")))
+            return self._transaction_here(parse_transaction(request.get("ops")))
+        if op == "scan" and "parts" in request:
+            a = parse_batch(request, self.layout, self.cluster().partitions)
+            return local.scan_parts(a["record_type"], a["where"], a["parts"], a["limit"], a["examine"])
         if op == "scan":
+            # The stateless range scan of coordinators of earlier versions.
             until = request.get("until")
             if type(until) is not int:
                 raise errors.InvalidRequest("query.forward: a scan needs until")
@@ -247,6 +356,14 @@ class Router:
         if op == "update":
             return local.update(a["type"], a["key"], a["doc"], a.get("if_version"))
         return local.delete(a["type"], a["key"], a.get("if_version"))
+
+
+def _outcome_unknown(host):
+    return errors.Timeout(f"host {host} did not answer in time; the write may or may not be applied")
+
+
+def _transaction_request(operations):
+    return {"op": "transaction", "ops": to_wire(operations)}
 
 
 def _request(op, **arguments):

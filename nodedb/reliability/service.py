@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from nodedb import errors
 from nodedb.interfaces import IReliability
 from nodedb.reliability.state import PhiAccrualDetector, PhiSettings, ScoreSettings, UnreliabilityScore
 
@@ -131,3 +132,50 @@ class Reliability:
             "phi": round(peer.detector.phi(now), 2),
             "rtt": peer.rtt,
         }
+
+
+class ReportingTransport:
+    """The peer transport as the services that call peers see it: a call that times out
+    raises the peer's unreliability.
+
+    Gossip records its own calls' outcomes and the heartbeats'; this wrapper covers the
+    others (replication, voting, routing and relaying). Calls that were in flight together
+    to a peer that went silent time out together: they count as one timeout per
+    *burst_gap* seconds, so that the score measures how often the peer fails rather than
+    how busy the link was. A successful call is not counted: heartbeats and gossip already
+    report that the peer answers, and counting every reply would drown out the timeouts.
+
+    :param transport: the :class:`~nodedb.interfaces.IPeerTransport` to wrap.
+    :param reliability: the :class:`Reliability` to report to.
+    :param host_at: ``host_at(address)`` -> the host id at *address*, or None.
+    :param clock: anything with ``seconds()``.
+    """
+
+    def __init__(self, transport, reliability, host_at, clock, burst_gap=1.0):
+        self.transport = transport
+        self.reliability = reliability
+        self.host_at = host_at
+        self.clock = clock
+        self.burst_gap = burst_gap
+        self._last = {}  # host id -> when its last timeout was counted
+
+    def call(self, address, op, arguments, timeout):
+        return self.transport.call(address, op, arguments, timeout).addErrback(self._failed, address)
+
+    def reachable(self, address):
+        return self.transport.reachable(address)
+
+    def _failed(self, failure, address):
+        error = failure.value
+        if isinstance(error, errors.Timeout) and not error.remote:
+            host_id = self.host_at(address)
+            now = self.clock.seconds()
+            last = self._last.get(host_id)
+            if host_id is not None and (last is None or now - last >= self.burst_gap):
+                self._last[host_id] = now
+                self.reliability.record_timeout(host_id)
+        return failure
+
+    def __getattr__(self, name):
+        # Everything else (peer, forget, peer_addresses...) is the transport's own.
+        return getattr(self.transport, name)

@@ -21,7 +21,7 @@ class Prepared:
 
     *record_id* is its prepare record, *ops* the changes it will apply (``[kind, type, id,
     data, if_version]``), *since* when this host learned of it (the clock's seconds). *durable*
-    is the Deferred of its prepare while that is under way here (None once rebuilt from storage).
+    shares the outcome of its prepare here (None once rebuilt from storage).
     """
 
     tx: int

@@ -183,6 +183,8 @@ class TransactionService(Service):
     async def _coordinate(self, operations):
         home, groups = plan(operations, self.layout.partition_of)
         tx = self.local.ids.allocate(home)
+        # Checked before anything is prepared, so that a bad document aborts nothing.
+        units, kinds = self._home_changes(operations, groups[home], home)
         deadline = self.clock.seconds() + self.settings.timeout
         self._deciding.add(tx)
         try:
@@ -205,7 +207,6 @@ class TransactionService(Service):
             if failures:
                 await self._finish_all(tx, prepared, commit=False, deadline=deadline)
                 raise _first_error(failures)
-            units, kinds = self._home_changes(operations, groups[home], home)
             decision = Insert(DECISION_TYPE, tx, codec.encode({"commit": True, "parts": participants}))
             try:
                 home_results = await self._within(self.local.commit(units + [decision], owner=tx), deadline)

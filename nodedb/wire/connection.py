@@ -147,6 +147,19 @@ class PersistentConnection:
         """The address of the current (or last tried) connection."""
         return self._endpoint.current
 
+    @property
+    def connected(self):
+        """True while a handshaken connection is up."""
+        channel = self._channel
+        return channel is not None and channel.connected_
+
+    @property
+    def down(self):
+        """True when the connection is known to be down: it was up and dropped, or attempts
+        to make it failed, and no new one is up yet. A first connection still being made is
+        not down: nothing is known about it yet."""
+        return not self.connected and (self._channel is not None or self._failures > 0)
+
     def start(self):
         self._service.startService()
         if self._sweeper is not None:

@@ -97,7 +97,17 @@ class PeerTransport(Service):
         return sorted(self._peers)
 
     def call(self, address, op, arguments, timeout):
+        # Every remote call has a deadline: one without would wait forever on a host that
+        # froze with its connection up.
+        if timeout is None or not timeout > 0:
+            raise ValueError(f"a call of {op!r} needs a positive timeout, not {timeout!r}")
         return self.peer(address).call(op, arguments, timeout)
+
+    def reachable(self, address):
+        """:return: False when the connection to *address* is known to be down (it dropped,
+        or attempts to make it fail), else True (it is up, or not tried yet)."""
+        peer = self._peers.get(address)
+        return peer is None or not peer.down
 
     def startService(self):
         super().startService()

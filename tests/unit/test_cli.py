@@ -151,6 +151,8 @@ async def test_data_commands(node_address, capsys, tmp_path):
     assert await run(node_address, "scan", "user", "--where", "age>=18") == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line) for line in lines] == [{"_id": element, "_version": 2, "name": "ada", "age": 37}]
+    assert await run(node_address, "scan", "user", "--where", "age in [12, 40]", "--where", "name<c") == 0
+    assert [json.loads(line)["_id"] for line in capsys.readouterr().out.splitlines()] == [other]
     assert await run(node_address, "scan", "user", "--limit", "1") == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1 and "more results: --cursor" in err

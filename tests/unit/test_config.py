@@ -139,6 +139,8 @@ class TestNodeConfig:
             ({"seeds": ["127.0.0.1:7400", "nope"]}, "--seed: not a HOST:PORT address: 'nope'"),
             ({"seeds": ["host:0"]}, "--seed"),
             ({"advertise": "10.0.0.1"}, "--advertise: not a HOST:PORT"),
+            ({"scan_idle_timeout": 0.5}, "--scan-idle-timeout"),
+            ({"scan_idle_timeout": 86401}, "--scan-idle-timeout"),
         ],
     )
     def test_settings_that_cannot_work_are_refused(self, tmp_path, fields, match):

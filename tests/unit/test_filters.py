@@ -213,7 +213,7 @@ class TestCursor:
 
     def test_cursors_are_versioned_cbor(self):
         raw = base64.urlsafe_b64decode(encode_cursor(5) + "==")
-        assert codec.decode(raw) == {"v": 1, "after": 5}
+        assert codec.decode(raw) == {"v": 2, "after": 5}
 
     @staticmethod
     def _make(value):
@@ -230,7 +230,7 @@ class TestCursor:
             b"abc",
             ["x"],
             base64.b64encode(b"\xff\xfe").decode(),
-            _make.__func__({"v": 2, "after": 5}),
+            _make.__func__({"v": 3, "after": 5}),
             _make.__func__({"after": 5}),
             _make.__func__({"v": 1}),
             _make.__func__({"v": 1, "after": -1}),

@@ -41,11 +41,13 @@ def test_every_option(tmp_path):
         "--max-frame-size", "200000",
         "--map-size", "1000000",
         "--max-types", "7",
+        "--scan-idle-timeout", "5",
     )  # fmt: skip
     c = options.config
     assert (c.listen, c.advertise, c.seeds, c.admin) == ("tcp:7500:interface=0.0.0.0", "10.0.0.5:7500", ["10.0.0.6:7400", "[::1]:7400"], None)
     assert (c.replicas, c.partitions, c.insecure, c.storage) == (5, 128, True, "memory")
     assert (c.max_document_size, c.max_frame_size, c.map_size, c.max_types) == (2048, 200000, 1000000, 7)
+    assert c.scan_idle_timeout == 5.0
 
 
 def test_a_relative_data_directory_is_made_absolute(tmp_path, monkeypatch):
