@@ -46,14 +46,12 @@ import http.client
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
-from importlib import metadata
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from single_node import (  # noqa: E402  (single_node also puts the working tree first on sys.path)
@@ -62,9 +60,10 @@ from single_node import (  # noqa: E402  (single_node also puts the working tree
     check_setup,
     cpu_seconds,
     drive,
-    filesystem_of,
+    environment,
     make_document,
     median_tree,
+    runs_summary,
     phase_figures,
     positive,
     run_bench,
@@ -556,15 +555,11 @@ async def spare_once(reactor, work_dir, args, doc):
 
 
 def report(args, m, runs, temp_root, took):
-    summary = "median of " + (f"{args.repeat} runs" if args.repeat > 1 else "1 run")
     print(
         f"nodedb cluster: {NODES} nodes on loopback, --replicas {REPLICAS}, {PARTITIONS} partitions; "
-        f"{args.count:,} ops per phase, {args.inflight} in flight, {args.doc_size}-byte documents, {summary}"
+        f"{args.count:,} ops per phase, {args.inflight} in flight, {args.doc_size}-byte documents, {runs_summary(args)}"
     )
-    print(
-        f"python {platform.python_version()}, twisted {metadata.version('twisted')}, {os.cpu_count()} CPUs, "
-        f"data in {temp_root} ({filesystem_of(os.path.realpath(temp_root))})"
-    )
+    print(environment(temp_root))
     print()
     print(f"  {'':<44} {'ops/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'cli%':>5} {'srv%':>5}")
     for key, label in (("insert", "insert (majority-acknowledged, synced)"), ("get", "get (linearizable: read barrier)")):

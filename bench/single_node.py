@@ -441,6 +441,19 @@ def ratios(m):
     }
 
 
+def runs_summary(args):
+    """How the figures were taken: the median of ``--repeat`` runs."""
+    return "median of " + (f"{args.repeat} runs" if args.repeat > 1 else "1 run")
+
+
+def environment(temp_root, versions=""):
+    """One line on the software and machine a bench ran on (*versions*: more, such as lmdb's)."""
+    return (
+        f"python {platform.python_version()}, twisted {metadata.version('twisted')}, {versions}"
+        f"{os.cpu_count()} CPUs, data in {temp_root} ({filesystem_of(os.path.realpath(temp_root))})"
+    )
+
+
 def filesystem_of(path):
     best_mount, best_type = "", "?"
     try:
@@ -473,16 +486,11 @@ def report(args, m, runs, temp_root, took):
         return "met" if value >= target else "MISSED"
 
     n = m["nodedb"]
-    summary = "median of " + (f"{args.repeat} runs" if args.repeat > 1 else "1 run")
     print(
         f"nodedb single node: {args.count:,} ops per phase, {args.inflight} in flight, "
-        f"{args.doc_size}-byte documents, {summary}"
+        f"{args.doc_size}-byte documents, {runs_summary(args)}"
     )
-    print(
-        f"python {platform.python_version()}, twisted {metadata.version('twisted')}, lmdb {lmdb.__version__}, "
-        f"cbor2 {metadata.version('cbor2')}, {os.cpu_count()} CPUs, data in {temp_root} "
-        f"({filesystem_of(os.path.realpath(temp_root))})"
-    )
+    print(environment(temp_root, f"lmdb {lmdb.__version__}, cbor2 {metadata.version('cbor2')}, "))
     print()
     print(f"  {'':<34} {'ops/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'cli%':>5} {'srv%':>5}   target")
     row("nodedb insert (network, synced)", n["insert"], f">= {INSERT_TARGET:,}/s  {verdict(n['insert']['ops_per_s'], INSERT_TARGET)}")
