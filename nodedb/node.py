@@ -239,7 +239,7 @@ class NodeService(MultiService):
         self.transactions = TransactionService(
             self.local,
             self.identity["host_id"],
-            lambda partition: self.query._primary_of(partition),
+            self.query.primary_of,
             # Every tx.* request is idempotent, so it may go through a relay after any failure.
             lambda host, op, arguments, timeout: self.query.call_host(host, op, arguments, False, timeout),
             self.reactor,

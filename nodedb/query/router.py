@@ -189,7 +189,7 @@ class Router:
                 return defer.fail(errors.Unavailable("no host with room takes inserts now"))
             return self._forward(candidates[next(self._turn) % len(candidates)], _transaction_request(operations))
         try:
-            host = self._primary_of(home)
+            host = self.primary_of(home)
         except errors.NodeDBError as e:
             return defer.fail(e)
         if host == self.host_id:
@@ -210,7 +210,8 @@ class Router:
 
     # -- routing ----------------------------------------------------------------------------
 
-    def _primary_of(self, partition):
+    def primary_of(self, partition):
+        """The host id the agreed map names primary of *partition*; :raise Unavailable: if none."""
         assignment = self.cluster().assignments.get(partition)
         if assignment is None or assignment.primary is None:
             raise errors.Unavailable(f"partition {partition} has no primary now")
@@ -220,7 +221,7 @@ class Router:
         """``run(*arguments)`` here if this host is the partition's primary, else forward
         ``request()`` (the checked arguments need no second parse when they stay here)."""
         try:
-            host = self._primary_of(partition)
+            host = self.primary_of(partition)
         except errors.NodeDBError as e:
             return defer.fail(e)
         if host == self.host_id:

@@ -30,7 +30,7 @@ from nodedb.ids import IdLayout
 from nodedb.testing.history import ABSENT
 
 from .harness import WireClient, assert_one_line_error, run_cli, wait_for
-from .test_replication import failed_over, primaries_of, start_cluster, status, wait_replicated
+from .replicated import failed_over, primaries_of, start_cluster, status, wait_replicated
 
 pytestmark = pytest.mark.system
 
