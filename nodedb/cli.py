@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.internet.task import react
 
 from nodedb import errors
+from nodedb.security import commands as ca_commands
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -135,6 +136,12 @@ def _add_common_options(parser, default=None):
     )
     parser.add_argument("--json", action="store_true", help="print results as JSON", **keep)
     parser.add_argument(
+        "--tls",
+        metavar="DIR",
+        help="TLS directory from 'nodedb ca client' (default $NODEDB_TLS; none: plain TCP)",
+        **keep,
+    )
+    parser.add_argument(
         "--timeout", type=float, help="seconds a request may take (default 10)", **(keep or {"default": 10.0})
     )
 
@@ -195,6 +202,8 @@ def build_parser():
         "transaction", help="apply the operations of a JSON file (or - for stdin) all or none"
     )
     transaction.add_argument("file", metavar="FILE")
+
+    ca_commands.add_parser(subparsers)
     return parser
 
 
@@ -349,7 +358,8 @@ _COMMANDS = {
 async def _run(reactor, args):
     from nodedb.client import connect
 
-    client = await connect(reactor, _addresses(args), timeout=args.timeout)
+    tls = args.tls or os.environ.get("NODEDB_TLS", "").strip() or None
+    client = await connect(reactor, _addresses(args), timeout=args.timeout, tls=tls)
     try:
         await _COMMANDS[args.command](client, args)
     finally:
@@ -386,6 +396,8 @@ def _check_before_connecting(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "ca":  # files only: no connection, no reactor
+        raise SystemExit(ca_commands.run(args))
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
     try:

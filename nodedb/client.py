@@ -196,8 +196,15 @@ class Transaction:
         return self._client._call("transaction", {"ops": self._operations})
 
 
-def connect(reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_FRAME, heartbeat=HEARTBEAT_INTERVAL):
+def connect(
+    reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_FRAME, heartbeat=HEARTBEAT_INTERVAL, tls=None
+):
     """Connect to a nodedb cluster through any of *addresses* (``"host:port"`` texts).
+
+    :param tls: for a cluster that runs with ``--tls``: a TLS directory (``ca.pem``,
+        ``cert.pem``, ``key.pem``, as ``nodedb ca client`` writes it) or a
+        :class:`~nodedb.security.tls.TLSContext`. The node's certificate must be signed by that
+        CA and name the address dialled; this client presents its own certificate.
 
     :param timeout: seconds each request may take, waiting for a connection included.
     :param heartbeat: seconds between pings that detect a node that stopped answering.
@@ -208,7 +215,7 @@ def connect(reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_F
     if isinstance(addresses, str):
         addresses = [addresses]
     try:
-        named = tcp_endpoints(reactor, addresses)
+        named = tcp_endpoints(reactor, addresses, _tls_context(tls))
     except errors.NodeDBError as e:
         return defer.fail(e)
     if not named:
@@ -225,3 +232,16 @@ def connect(reactor, addresses, timeout=DEFAULT_TIMEOUT, max_frame=DEFAULT_MAX_F
         return reason
 
     return d.addCallbacks(lambda _channel: Client(connection, timeout, heartbeat), failed)
+
+
+def _tls_context(tls):
+    if tls is None:
+        return None
+    from nodedb.security.tls import TLSContext, TLSError
+
+    if isinstance(tls, TLSContext):
+        return tls
+    try:
+        return TLSContext(tls)
+    except TLSError as e:
+        raise errors.InvalidRequest(f"tls: {e}") from None

@@ -107,9 +107,28 @@ class NodeConfig:
     heartbeat_interval: float = 1.0
     remove_after: float = 600.0
     scan_idle_timeout: float = 60.0
+    #: A TLS directory (``ca.pem``, ``cert.pem``, ``key.pem``): every connection is TLS.
+    tls: str | None = None
+    #: With TLS, whether clients must present a certificate signed by the cluster CA.
+    client_cert: bool = True
 
     def __post_init__(self):
         self.check()
+
+    def tls_context(self):
+        """The :class:`~nodedb.security.tls.TLSContext` of ``--tls``, read once (None without
+        TLS); :raise ConfigError: if its files cannot be used."""
+        if self.tls is None:
+            return None
+        cached = self.__dict__.get("_tls_context")
+        if cached is None or cached.directory != self.tls:
+            from nodedb.security.tls import TLSContext, TLSError
+
+            try:
+                cached = self.__dict__["_tls_context"] = TLSContext(self.tls)
+            except TLSError as e:
+                raise ConfigError(f"--tls: {e}") from None
+        return cached
 
     def check(self):
         """:raise ConfigError: naming the first setting that cannot work."""
@@ -145,10 +164,14 @@ class NodeConfig:
                 parse_address(self.advertise)
             except InvalidRequest as e:
                 raise ConfigError(f"--advertise: {e}") from None
+        if self.tls is not None:
+            self.tls_context()
+        elif not self.client_cert:
+            raise ConfigError("--no-client-cert needs --tls")
         for name, endpoint in (("--listen", self.listen), ("--admin", self.admin)):
             if endpoint is None:
                 continue
-            if not self.insecure and not is_private_endpoint(endpoint):
+            if self.tls is None and not self.insecure and not is_private_endpoint(endpoint):
                 raise ConfigError(
                     f"{name} {endpoint!r} is reachable from other hosts and TLS is not configured: "
                     "listen on a loopback interface, or pass --insecure to accept plaintext"

@@ -25,6 +25,7 @@ from nodedb.query.local import LocalQuery
 from nodedb.query.router import Router
 from nodedb.query.scans import ScanSettings
 from nodedb.query.relay import rank_relays
+from nodedb.security.tls import check_peer_identity
 from nodedb.reliability.service import Reliability, ReliabilitySettings, ReportingTransport
 from nodedb.transactions.service import TransactionService, TransactionSettings
 from nodedb.topology.vivaldi import direction, distance
@@ -159,6 +160,8 @@ class NodeService(MultiService):
             heartbeat_interval=self.config.heartbeat_interval,
             on_heartbeat=on_heartbeat,
             heartbeat_op="gossip.ping",
+            tls=self.config.tls_context(),
+            client_cert=self.config.client_cert,
         )
 
     async def _start(self):
@@ -448,7 +451,11 @@ class NodeService(MultiService):
             return
         from nodedb.admin import make_admin_site
 
-        admin = StreamServerEndpointService(serverFromString(self.reactor, self.config.admin), make_admin_site(self))
+        endpoint = serverFromString(self.reactor, self.config.admin)
+        tls = self.config.tls_context()
+        if tls is not None:
+            endpoint = tls.wrap_server(endpoint, self.config.client_cert)
+        admin = StreamServerEndpointService(endpoint, make_admin_site(self))
         admin._raiseSynchronously = True
         admin.setName("admin")
         admin.setServiceParent(self)
@@ -532,11 +539,18 @@ class NodeService(MultiService):
             "role": "peer",
             "host": self.identity["host_id"],
             "cluster": self.identity["cluster_id"] or "",
+            "address": self.address(),
         }
 
     def _admit_peer(self, request, channel):
-        """The one place where a peer's handshake is judged (the TLS certificate check and
-        the acceptance vote will join it here)."""
+        """The one place where a peer's handshake is judged: with TLS, its certificate must
+        name the address it advertises; and it must not belong to another cluster."""
+        if self.config.tls is not None:
+            try:
+                check_peer_identity(channel.transport, request.get("address"))
+            except errors.ProtocolError as e:
+                self._log.warn("refusing peer {host} at {peer}: {why}", host=request.get("host"), peer=channel.peer, why=e)
+                raise
         cluster = request.get("cluster") or ""
         ours = self.identity["cluster_id"]
         if cluster and ours and cluster != ours:

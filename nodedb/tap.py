@@ -53,9 +53,11 @@ class Options(usage.Options):
         ["heartbeat-interval", None, 1.0, "Seconds between heartbeats to each connected host.", float],
         ["remove-after", None, 600.0, "Seconds a host may stay unavailable before it loses its partitions.", float],
         ["scan-idle-timeout", None, 60.0, "Seconds a scan cursor's state is kept after its last page.", float],
+        ["tls", None, None, "TLS directory (ca.pem, cert.pem, key.pem from 'nodedb ca issue'): TLS on every connection."],
     ]
     optFlags = [
         ["insecure", None, "Allow plaintext on non-loopback addresses (no TLS)."],
+        ["no-client-cert", None, "With --tls, do not require clients to present a certificate."],
     ]
 
     def __init__(self):
@@ -89,6 +91,8 @@ class Options(usage.Options):
                 heartbeat_interval=self["heartbeat-interval"],
                 remove_after=self["remove-after"],
                 scan_idle_timeout=self["scan-idle-timeout"],
+                tls=os.path.abspath(self["tls"]) if self["tls"] else None,
+                client_cert=not self["no-client-cert"],
             )
             # An unknown backend is a command-line mistake: report it here, where twistd
             # prints it as one, rather than as a traceback from makeService.

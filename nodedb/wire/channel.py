@@ -10,6 +10,7 @@ decoded is answered with a ``ProtocolError`` (when possible), logged, and the co
 closed; a well-formed request that is wrong gets an error reply and the connection stays up.
 """
 
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -62,8 +63,13 @@ class Channel(Int32StringReceiver):
             # The other end went away in the middle of a frame: bad input like any other.
             self._log.warn("{peer} closed the connection in the middle of a frame ({count} bytes unread)", peer=self.peer, count=unread)
         pending, self._pending = self._pending, {}
+        why = f"connection to {self.peer} lost"
+        if reason.check(SSL.Error):
+            # A TLS handshake refused (either way): say so, not just "lost".
+            why = f"TLS with {self.peer} failed: {_tls_reason(reason.value)}"
+            self._log.warn("{why}", why=why)
         for d, _deadline in pending.values():
-            d.errback(errors.ConnectionLost(f"connection to {self.peer} lost"))
+            d.errback(errors.ConnectionLost(why))
         if self.on_lost is not None:
             self.on_lost(reason)
 
@@ -190,3 +196,10 @@ class Channel(Int32StringReceiver):
 def hello_request(role, **extra):
     """The arguments of the handshake request a *role* (``client`` or ``peer``) sends."""
     return dict(version=PROTOCOL_VERSION, role=role, **extra)
+
+
+def _tls_reason(error):
+    """The readable part of an OpenSSL error: ``certificate verify failed``, ``tlsv1 alert
+    unknown ca``, ..."""
+    reasons = [item[2] for item in error.args[0] if isinstance(item, tuple) and len(item) == 3] if error.args else []
+    return ", ".join(r for r in reasons if r) or str(error)

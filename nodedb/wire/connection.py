@@ -77,12 +77,15 @@ class RotatingEndpoint:
         return reason
 
 
-def tcp_endpoints(reactor, addresses):
-    """``[(address, HostnameEndpoint), ...]`` for ``"host:port"`` texts."""
+def tcp_endpoints(reactor, addresses, tls=None):
+    """``[(address, HostnameEndpoint), ...]`` for ``"host:port"`` texts; with *tls* (a
+    :class:`~nodedb.security.tls.TLSContext`), each speaks TLS and checks the node's
+    certificate against the host it dials."""
     named = []
     for address in addresses:
         host, port = parse_address(address)
-        named.append((address, HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)))
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        named.append((address, endpoint if tls is None else tls.wrap_client(host, endpoint)))
     return named
 
 

@@ -151,11 +151,21 @@ class PeerTransport(Service):
         return defer.gatherResults(stopping, consumeErrors=True)
 
 
-def tcp_transport(reactor, listen, hello, **options):
-    """A :class:`PeerTransport` on TCP: *listen* is a Twisted server endpoint description."""
+def tcp_transport(reactor, listen, hello, tls=None, client_cert=True, **options):
+    """A :class:`PeerTransport` on TCP: *listen* is a Twisted server endpoint description.
+
+    :param tls: a :class:`~nodedb.security.tls.TLSContext`: every connection, in and out, is
+        TLS, and a peer's certificate must name the address dialled.
+    :param client_cert: with *tls*, whether connections made to this host must present a
+        certificate signed by the cluster CA.
+    """
 
     def client_endpoint(address):
         host, port = parse_address(address)
-        return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        return endpoint if tls is None else tls.wrap_client(host, endpoint)
 
-    return PeerTransport(reactor, serverFromString(reactor, listen), client_endpoint, hello, **options)
+    server = serverFromString(reactor, listen)
+    if tls is not None:
+        server = tls.wrap_server(server, client_cert)
+    return PeerTransport(reactor, server, client_endpoint, hello, **options)

@@ -34,7 +34,7 @@ TIMEOUT = 30.0
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
 
 _READY = re.compile(r"\bnode (?P<host_id>[0-9a-f]+)\b.*\bready at (?P<address>[^\s,]+)")
-_ADMIN_PORT = re.compile(r"\bSite starting on (?P<port>\d+)")
+_ADMIN_PORT = re.compile(r"\bSite (?:\(TLS\) )?starting on (?P<port>\d+)")
 TRACEBACK = "Traceback (most recent call last)"
 _ERROR_LEVELS = re.compile(r"#(?:error|critical)\]")
 
