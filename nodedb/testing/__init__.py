@@ -11,6 +11,7 @@ Nothing here touches the global reactor.
 """
 
 from twisted.internet import defer
+from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 
@@ -74,3 +75,17 @@ def no_result(d):
 
 
 __all__ = ["success_result_of", "failure_result_of", "no_result"]
+
+
+class Recorder(Protocol):
+    """A protocol that keeps what it received and why its connection was lost."""
+
+    def __init__(self):
+        self.received = b""
+        self.lost = None
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.lost = reason

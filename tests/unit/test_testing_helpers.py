@@ -5,10 +5,9 @@ import gc
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from nodedb.testing import failure_result_of, no_result, success_result_of
+from nodedb.testing import Recorder, failure_result_of, no_result, success_result_of
 from nodedb.testing.network import connect
 
 
@@ -84,18 +83,6 @@ class TestLoggedErrors:
         [headline, event] = logged_errors.flush()
         assert headline["log_format"] == "Unhandled error in Deferred:"
         assert event["log_failure"].check(ValueError)
-
-
-class Recorder(Protocol):
-    def __init__(self):
-        self.received = b""
-        self.lost = None
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def connectionLost(self, reason):
-        self.lost = reason
 
 
 class Echo(Recorder):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 from twisted.internet import task
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
@@ -15,20 +15,9 @@ from nodedb import errors
 from nodedb.config import ConfigError, NodeConfig
 from nodedb.security import ca
 from nodedb.security.tls import TLSContext, TLSError, check_peer_identity
+from nodedb.testing import Recorder
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
-
-
-class Recorder(Protocol):
-    def __init__(self):
-        self.received = b""
-        self.lost = None
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def connectionLost(self, reason):
-        self.lost = reason
 
 
 class Recording(Factory):
