@@ -111,6 +111,14 @@ class NodeConfig:
     tls: str | None = None
     #: With TLS, whether clients must present a certificate signed by the cluster CA.
     client_cert: bool = True
+    # Connection limits (nodedb.wire.limits.Limits has the same fields and defaults).
+    max_in_flight: int = 256
+    max_peer_in_flight: int = 4096
+    max_connections_per_address: int = 64
+    max_connections: int = 4096
+    idle_timeout: float = 300.0
+    handshake_timeout: float = 10.0
+    frame_timeout: float = 30.0
 
     def __post_init__(self):
         self.check()
@@ -154,6 +162,7 @@ class NodeConfig:
             raise ConfigError("--remove-after must be between 1 and 10000000 seconds")
         if not 1 <= self.scan_idle_timeout <= 86400:
             raise ConfigError("--scan-idle-timeout must be between 1 and 86400 seconds")
+        self._check_connection_limits()
         for seed in self.seeds:
             try:
                 parse_address(seed)
@@ -176,6 +185,27 @@ class NodeConfig:
                     f"{name} {endpoint!r} is reachable from other hosts and TLS is not configured: "
                     "listen on a loopback interface, or pass --insecure to accept plaintext"
                 )
+
+    def _check_connection_limits(self):
+        for option, value in (
+            ("--max-in-flight", self.max_in_flight),
+            ("--max-peer-in-flight", self.max_peer_in_flight),
+            ("--max-connections-per-address", self.max_connections_per_address),
+            ("--max-connections", self.max_connections),
+        ):
+            if type(value) is not int or not 1 <= value <= 1_000_000:
+                raise ConfigError(f"{option} must be an integer between 1 and 1000000")
+        if self.max_peer_in_flight < self.max_in_flight:
+            raise ConfigError("--max-peer-in-flight must be at least --max-in-flight")
+        if not 1 <= self.handshake_timeout <= 300:
+            raise ConfigError("--handshake-timeout must be between 1 and 300 seconds")
+        if not 1 <= self.frame_timeout <= 86400:
+            raise ConfigError("--frame-timeout must be between 1 and 86400 seconds")
+        if not 1 <= self.idle_timeout <= 86400:
+            raise ConfigError("--idle-timeout must be between 1 and 86400 seconds")
+        if self.idle_timeout < 3 * self.heartbeat_interval:
+            # Peers keep their connections up with heartbeats; those must not look idle.
+            raise ConfigError("--idle-timeout must be at least 3 times --heartbeat-interval")
 
     def advertised_address(self):
         """The address other hosts and clients should use to reach this node."""

@@ -8,7 +8,7 @@ families only when ``/metrics`` is scraped: a prometheus_client ``observe()`` pe
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -46,6 +46,38 @@ class _RequestCollector:
         yield latency
 
 
+class _ConnectionCollector:
+    """Exports the connection counts kept by a :class:`nodedb.wire.limits.ConnectionGuard`."""
+
+    def __init__(self, guard):
+        self.guard = guard
+
+    def collect(self):
+        guard = self.guard
+        status = guard.status()
+        open_ = GaugeMetricFamily("nodedb_connections", "Connections open to this node's port, by role", labels=["role"])
+        for role, key in (("client", "clients"), ("peer", "peers"), ("handshaking", "handshaking")):
+            open_.add_metric([role], status[key])
+        yield open_
+        refused = CounterMetricFamily(
+            "nodedb_connections_refused", "Connections refused at once, by the limit that refused them", labels=["limit"]
+        )
+        for limit, count in sorted(guard.refused.items()):
+            refused.add_metric([limit], count)
+        yield refused
+        closed = CounterMetricFamily(
+            "nodedb_connections_closed", "Connections closed by a timeout, by timeout", labels=["reason"]
+        )
+        for reason, count in sorted(guard.closed.items()):
+            closed.add_metric([reason], count)
+        yield closed
+        yield CounterMetricFamily(
+            "nodedb_connections_held",
+            "Times a connection reached its in-flight limit and the node stopped reading from it",
+            value=guard.held,
+        )
+
+
 class NodeMetrics:
     """Request counts and latencies per operation, commit batch sizes, database size."""
 
@@ -80,6 +112,11 @@ class NodeMetrics:
         size.set_function(lambda: storage.stats()["size_bytes"])
         free = Gauge("nodedb_free_bytes", "Space left for the local store", registry=self.registry)
         free.set_function(lambda: storage.stats()["free_bytes"])
+
+    def watch_connections(self, guard):
+        """Export the open, refused, timed-out and held connections of *guard* (a
+        :class:`nodedb.wire.limits.ConnectionGuard`)."""
+        self.registry.register(_ConnectionCollector(guard))
 
     def render(self):
         """:return: the Prometheus text exposition of every metric."""

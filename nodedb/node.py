@@ -34,6 +34,7 @@ from nodedb.voting.policy import HostView, VotingSettings
 from nodedb.voting.service import VotingService, VotingTiming
 from nodedb.voting.state import sequence_range
 from nodedb.wire.channel import PROTOCOL_VERSION
+from nodedb.wire.limits import Limits
 from nodedb.wire.transport import tcp_transport
 
 #: Meta keys that describe the cluster and this host's place in it.
@@ -162,6 +163,7 @@ class NodeService(MultiService):
             heartbeat_op="gossip.ping",
             tls=self.config.tls_context(),
             client_cert=self.config.client_cert,
+            limits=Limits.from_config(self.config),
         )
 
     async def _start(self):
@@ -183,6 +185,8 @@ class NodeService(MultiService):
         self.transport = self._transport_factory(self._peer_hello, self._heartbeat)
         self.transport.setName("transport")
         self.transport.serve(self.api.dispatch)
+        if self.metrics is not None and getattr(self.transport, "guard", None) is not None:
+            self.metrics.watch_connections(self.transport.guard)
         self.transport.setServiceParent(self)
         self.port = await self.transport.listen()
         await self._save_new_identity()
@@ -679,6 +683,7 @@ class NodeService(MultiService):
             "voting": self.voting.status() if self.voting is not None else None,
             "replication": self.logsync.status() if self.logsync is not None else None,
             "scans": self.query.scans.status() if self.query is not None else None,
+            "connections": self.transport.guard.status() if getattr(self.transport, "guard", None) else None,
         }
 
 

@@ -53,6 +53,13 @@ class Options(usage.Options):
         ["heartbeat-interval", None, 1.0, "Seconds between heartbeats to each connected host.", float],
         ["remove-after", None, 600.0, "Seconds a host may stay unavailable before it loses its partitions.", float],
         ["scan-idle-timeout", None, 60.0, "Seconds a scan cursor's state is kept after its last page.", float],
+        ["max-in-flight", None, 256, "Requests of one client connection served at once; past it the node stops reading from it.", _positive_int],
+        ["max-peer-in-flight", None, 4096, "The same for a connection from another host of the cluster.", _positive_int],
+        ["max-connections-per-address", None, 64, "Connections open at once from one IP address; more are closed at once.", _positive_int],
+        ["max-connections", None, 4096, "Connections open at once in all; more are closed at once.", _positive_int],
+        ["idle-timeout", None, 300.0, "Seconds a connection may send nothing (and wait for nothing) before it is closed.", float],
+        ["handshake-timeout", None, 10.0, "Seconds a new connection has to send its hello.", float],
+        ["frame-timeout", None, 30.0, "Seconds a frame may take to arrive once its first bytes have.", float],
         ["tls", None, None, "TLS directory (ca.pem, cert.pem, key.pem from 'nodedb ca issue'): TLS on every connection."],
     ]
     optFlags = [
@@ -93,6 +100,13 @@ class Options(usage.Options):
                 scan_idle_timeout=self["scan-idle-timeout"],
                 tls=os.path.abspath(self["tls"]) if self["tls"] else None,
                 client_cert=not self["no-client-cert"],
+                max_in_flight=self["max-in-flight"],
+                max_peer_in_flight=self["max-peer-in-flight"],
+                max_connections_per_address=self["max-connections-per-address"],
+                max_connections=self["max-connections"],
+                idle_timeout=self["idle-timeout"],
+                handshake_timeout=self["handshake-timeout"],
+                frame_timeout=self["frame-timeout"],
             )
             # An unknown backend is a command-line mistake: report it here, where twistd
             # prints it as one, rather than as a traceback from makeService.

@@ -39,7 +39,10 @@ node_config = config.NodeConfig(
     # The other fields keep their defaults; spelled out, they are:
     #   advertise=None, seeds=[], insecure=False, storage="lmdb",
     #   replicas=3, partitions=64 (both read only when bootstrapping),
-    #   max_document_size=1 MiB, max_frame_size=4 MiB, map_size=64 GiB, max_types=1000.
+    #   max_document_size=1 MiB, max_frame_size=4 MiB, map_size=64 GiB, max_types=1000,
+    #   and the connection limits (docs/running.md, "Connection limits"):
+    #   max_in_flight=256, max_peer_in_flight=4096, max_connections_per_address=64,
+    #   max_connections=4096, idle_timeout=300.0, handshake_timeout=10.0, frame_timeout=30.0.
 )
 # NodeConfig checks itself when it is built and raises nodedb.config.ConfigError, with a
 # message naming the setting, if it cannot work (for example a non-loopback --listen without

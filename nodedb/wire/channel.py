@@ -8,13 +8,22 @@ come back in any order. The first request on a connection must be ``hello``.
 Bad input never escapes the connection it arrived on: a frame that is too long or cannot be
 decoded is answered with a ``ProtocolError`` (when possible), logged, and the connection is
 closed; a well-formed request that is wrong gets an error reply and the connection stays up.
+
+A channel built with a :class:`~nodedb.wire.limits.ConnectionGuard` (the node's listening
+side) also keeps the guard's limits: it serves at most ``max_in_flight`` requests at once
+(``max_peer_in_flight`` once the hello said ``role: peer``), and at that limit stops reading
+from the connection, so TCP pushes back on the sender; frames already received wait, in
+order, until a request in service is answered. It stops reading too while the other end does
+not read its replies (the transport's write buffer is full).
 """
 
 from OpenSSL import SSL
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nodedb import errors
 from nodedb.wire import codec
@@ -23,6 +32,7 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 
 
+@implementer(IPushProducer)
 class Channel(Int32StringReceiver):
     """One framed connection.
 
@@ -30,15 +40,21 @@ class Channel(Int32StringReceiver):
         the reply value or a Deferred of it, or raises a NodeDBError. None refuses requests.
     :ivar on_made: called with the channel once it is connected.
     :ivar on_lost: called with the reason once the connection is gone.
+    :ivar guard: the :class:`~nodedb.wire.limits.ConnectionGuard` that admits this
+        connection and holds it to its limits (None: no limits, as on connections this end
+        made itself).
+    :ivar peer_max_frame: the largest frame the other end accepts, once its hello reply
+        said so; larger requests fail at once instead of being sent.
     """
 
     _log = Logger()
 
-    def __init__(self, dispatch=None, max_frame=DEFAULT_MAX_FRAME, on_made=None, on_lost=None):
+    def __init__(self, dispatch=None, max_frame=DEFAULT_MAX_FRAME, on_made=None, on_lost=None, guard=None):
         self.MAX_LENGTH = max_frame
         self.dispatch = dispatch
         self.on_made = on_made
         self.on_lost = on_lost
+        self.guard = guard
         self.connected_ = False
         #: Set by the serving side once the peer's hello was accepted, with the role it gave.
         self.greeted = False
@@ -46,6 +62,19 @@ class Channel(Int32StringReceiver):
         self._next_id = 1
         self._pending = {}  # request id -> (Deferred, deadline)
         self.peer = None
+        self.peer_max_frame = None
+        #: Requests of the other end being served (those whose reply is a Deferred not fired).
+        self.serving = 0
+        #: True while reading is paused because ``serving`` reached the in-flight limit.
+        self.held = False
+        # Times on the guard's clock: connected, last bytes received (or last request
+        # answered), first bytes of a frame still incomplete, closed by this end.
+        self.made_at = self.last_heard = None
+        self.partial_since = None
+        self.closing_since = None
+        self._write_blocked = False  # the transport's write buffer is full
+        self._producing = False  # registered as the transport's producer
+        self._receiving = False  # inside dataReceived
 
     # -- connection events ------------------------------------------------------------------
 
@@ -53,8 +82,42 @@ class Channel(Int32StringReceiver):
         self.connected_ = True
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+        if self.guard is not None:
+            self.made_at = self.last_heard = self.guard.clock.seconds()
+            refusal = self.guard.admit(self)
+            if refusal is not None:
+                self._refuse(refusal)
+                return
+            # The transport pauses this producer when the other end does not read its
+            # replies fast enough; this end then stops reading its requests.
+            self.transport.registerProducer(self, True)
+            self._producing = True
         if self.on_made is not None:
             self.on_made(self)
+
+    def _refuse(self, reason):
+        """Close a connection the guard did not admit, at once."""
+        if ISSLTransport.providedBy(self.transport):
+            # Under TLS a reply would wait for a handshake the other end may never finish.
+            self.transport.abortConnection()
+            return
+        self._send_error(None, errors.ProtocolError(reason))
+        self.transport.loseConnection()
+
+    def close(self, reason=None):
+        """Close the connection, after a ``ProtocolError`` frame saying *reason* (if given)."""
+        transport = self.transport
+        if transport is None or transport.disconnecting or not self.connected_:
+            return
+        if reason is not None:
+            self._send_error(None, errors.ProtocolError(reason))
+        if self._producing:
+            # A registered producer would keep the transport from closing.
+            self._producing = False
+            transport.unregisterProducer()
+        if self.guard is not None:
+            self.closing_since = self.guard.clock.seconds()
+        transport.loseConnection()
 
     def connectionLost(self, reason):
         self.connected_ = False
@@ -64,12 +127,14 @@ class Channel(Int32StringReceiver):
             self._log.warn("{peer} closed the connection in the middle of a frame ({count} bytes unread)", peer=self.peer, count=unread)
         pending, self._pending = self._pending, {}
         why = f"connection to {self.peer} lost"
-        if reason.check(SSL.Error):
+        if isinstance(reason, Failure) and reason.check(SSL.Error):
             # A TLS handshake refused (either way): say so, not just "lost".
             why = f"TLS with {self.peer} failed: {_tls_reason(reason.value)}"
             self._log.warn("{why}", why=why)
         for d, _deadline in pending.values():
             d.errback(errors.ConnectionLost(why))
+        if self.guard is not None:
+            self.guard.release(self)
         if self.on_lost is not None:
             self.on_lost(reason)
 
@@ -80,10 +145,36 @@ class Channel(Int32StringReceiver):
             length=length,
             limit=self.MAX_LENGTH,
         )
-        self._send_error(None, errors.ProtocolError(f"frame too long ({length} bytes)"))
-        self.transport.loseConnection()
+        self.close(f"frame too long ({length} bytes)")
+
+    def dataReceived(self, data):
+        if self.transport.disconnecting:
+            # This end closed the connection (bad input, a timeout): what the other end still
+            # sends is dropped unread, not buffered. (A TLS peer can go on sending until the
+            # close completes; a too-long length prefix would otherwise keep it all.)
+            self._unprocessed = b""
+            self._compatibilityOffset = 0
+            return
+        guard = self.guard
+        if guard is None:
+            super().dataReceived(data)
+            return
+        now = guard.clock.seconds()
+        if data:
+            self.last_heard = now
+        self._receiving = True
+        try:
+            super().dataReceived(data)
+        finally:
+            self._receiving = False
+        if self.paused or not self._unprocessed:
+            # Nothing half-received; or reading is paused, so what is buffered is not late.
+            self.partial_since = None
+        elif self.partial_since is None:
+            self.partial_since = now
 
     def stringReceived(self, frame):
+        self.partial_since = None  # a frame is complete: the next one starts its own clock
         if self.transport.disconnecting:
             return  # a violation closed this connection; the frames after it are not served
         try:
@@ -102,7 +193,7 @@ class Channel(Int32StringReceiver):
     def _protocol_violation(self, request_id, error):
         self._log.warn("closing {peer}: {error}", peer=self.peer, error=error.message)
         self._send_error(request_id, error)
-        self.transport.loseConnection()
+        self.close()
 
     # -- serving requests -------------------------------------------------------------------
 
@@ -127,13 +218,33 @@ class Channel(Int32StringReceiver):
             self._send_error(request_id, errors.NodeDBError("internal error"))
             return
         if isinstance(result, defer.Deferred):
+            if self.guard is None:
+                result.addCallbacks(self._send_ok, self._send_failure, (request_id,), None, (request_id, request))
+                return
+            self.serving += 1
             result.addCallbacks(self._send_ok, self._send_failure, (request_id,), None, (request_id, request))
+            result.addBoth(self._served)
+            if self.serving >= self.guard.limits.in_flight_for(self.role):
+                self._update_reading()
         else:
             self._send_ok(result, request_id)
 
     def _send_ok(self, value, request_id):
         if self.connected_:
-            self.sendString(codec.encode({"id": request_id, "ok": value}))
+            data = codec.encode({"id": request_id, "ok": value})
+            if len(data) > self.MAX_LENGTH:
+                # The other end may refuse a frame past this end's own limit, and close
+                # the connection under every other request in flight.
+                self._log.error(
+                    "reply to request {id} for {peer} is {length} bytes, over the {limit}-byte frame limit",
+                    id=request_id,
+                    peer=self.peer,
+                    length=len(data),
+                    limit=self.MAX_LENGTH,
+                )
+                self._send_error(request_id, errors.NodeDBError("internal error"))
+                return
+            self.sendString(data)
 
     def _send_failure(self, failure, request_id, request):
         error = failure.value
@@ -144,6 +255,53 @@ class Channel(Int32StringReceiver):
     def _send_error(self, request_id, error):
         if self.connected_:
             self.sendString(codec.encode({"id": request_id, "error": errors.to_wire(error)}))
+
+    # -- back-pressure ----------------------------------------------------------------------
+
+    def _served(self, passthrough):
+        self.serving -= 1
+        if self.serving == 0:
+            # Idle time counts from the last reply, not from the request.
+            self.last_heard = self.guard.clock.seconds()
+        if self.held or self._write_blocked:
+            self._update_reading()
+        return passthrough
+
+    def _update_reading(self):
+        """Pause reading while the in-flight limit is reached or the other end does not read
+        its replies; resume (and serve the frames already received) once neither holds."""
+        limit = self.guard.limits.in_flight_for(self.role)
+        was_held, self.held = self.held, self.serving >= limit
+        if self.held and not was_held:
+            self.guard.held += 1
+            self._log.debug("{peer} has {count} requests in service: reading paused", peer=self.peer, count=self.serving)
+        pause = self.held or self._write_blocked
+        transport = self.transport
+        if pause == self.paused or not self.connected_ or transport.disconnecting:
+            return
+        self.paused = pause
+        if pause:
+            self.partial_since = None
+            transport.pauseProducing()
+            return
+        transport.resumeProducing()
+        if not self._receiving:
+            # Serve the frames that arrived before the pause (inside dataReceived, its own
+            # loop goes on with them once it sees the pause lifted).
+            self.dataReceived(b"")
+
+    # IPushProducer: the transport calls these as its write buffer fills and drains.
+
+    def pauseProducing(self):
+        self._write_blocked = True
+        self._update_reading()
+
+    def resumeProducing(self):
+        self._write_blocked = False
+        self._update_reading()
+
+    def stopProducing(self):
+        self._producing = False
 
     # -- making requests --------------------------------------------------------------------
 
@@ -160,9 +318,17 @@ class Channel(Int32StringReceiver):
         message = {"id": request_id, "op": op}
         if arguments:
             message.update(arguments)
+        data = codec.encode(message)
+        if self.peer_max_frame is not None and len(data) > self.peer_max_frame:
+            # Sent, it would make the other end close the connection under every call on it.
+            return defer.fail(
+                errors.InvalidRequest(
+                    f"request of {len(data)} bytes is over the {self.peer_max_frame}-byte frame limit of {self.peer}"
+                )
+            )
         d = defer.Deferred()
         self._pending[request_id] = (d, deadline)
-        self.sendString(codec.encode(message))
+        self.sendString(data)
         return d
 
     def in_flight(self):

@@ -33,19 +33,21 @@ HELLO_TIMEOUT = 3.0
 
 
 class ChannelFactory(Factory):
-    """Builds :class:`Channel` protocols that serve requests with *dispatch*."""
+    """Builds :class:`Channel` protocols that serve requests with *dispatch*; with *guard* (a
+    :class:`~nodedb.wire.limits.ConnectionGuard`), each is held to the guard's limits."""
 
     noisy = False
 
-    def __init__(self, dispatch=None, max_frame=DEFAULT_MAX_FRAME):
+    def __init__(self, dispatch=None, max_frame=DEFAULT_MAX_FRAME, guard=None):
         self.dispatch = dispatch
         self.max_frame = max_frame
+        self.guard = guard
 
     #: Called with each channel once it is connected (None: nothing to do).
     on_connected = None
 
     def buildProtocol(self, addr):
-        channel = Channel(self.dispatch, self.max_frame, on_made=self.on_connected)
+        channel = Channel(self.dispatch, self.max_frame, on_made=self.on_connected, guard=self.guard)
         channel.factory = self
         return channel
 
@@ -199,6 +201,9 @@ class PersistentConnection:
         if not channel.connected_:
             return
         self.server = reply
+        max_frame = reply.get("max_frame") if isinstance(reply, dict) else None
+        if type(max_frame) is int and max_frame > 0:
+            channel.peer_max_frame = max_frame
         self._channel = channel
         self._failures = 0
         waiters, self._waiters = self._waiters, []

@@ -17,6 +17,7 @@ from nodedb.config import parse_address
 from nodedb.interfaces import IPeerTransport
 from nodedb.wire.channel import DEFAULT_MAX_FRAME
 from nodedb.wire.connection import CONNECT_TIMEOUT, SWEEP_INTERVAL, ChannelFactory, PersistentConnection
+from nodedb.wire.limits import ConnectionGuard, Limits, raise_open_files_limit
 
 
 @implementer(IPeerTransport)
@@ -32,6 +33,8 @@ class PeerTransport(Service):
     :param heartbeat_op: the request each heartbeat sends (``ping`` by default; the node uses
         ``gossip.ping``, whose reply carries the peer's current coordinate).
     :param rng: a ``random.Random`` for reconnection jitter (seeded in the simulator).
+    :param limits: the :class:`~nodedb.wire.limits.Limits` every accepted connection is held
+        to (the defaults if None); :attr:`guard` applies them.
     """
 
     _log = Logger()
@@ -47,6 +50,7 @@ class PeerTransport(Service):
         on_heartbeat=None,
         rng=None,
         heartbeat_op="ping",
+        limits=None,
     ):
         self.clock = clock
         self.server_endpoint = server_endpoint
@@ -57,7 +61,8 @@ class PeerTransport(Service):
         self.on_heartbeat = on_heartbeat
         self.heartbeat_op = heartbeat_op
         self.rng = rng or random.Random()
-        self._factory = ChannelFactory(None, max_frame)
+        self.guard = ConnectionGuard(clock, limits or Limits())
+        self._factory = ChannelFactory(None, max_frame, guard=self.guard)
         self._port = None
         self._peers = {}
         # One timer each for all peers, rather than timers per connection.
@@ -112,6 +117,7 @@ class PeerTransport(Service):
     def startService(self):
         super().startService()
         self._sweeper.start(SWEEP_INTERVAL, now=False)
+        self.guard.start()
         if self.heartbeat_interval:
             self._heartbeat.start(self.heartbeat_interval, now=False)
 
@@ -143,6 +149,7 @@ class PeerTransport(Service):
         for loop in (self._sweeper, self._heartbeat):
             if loop.running:
                 loop.stop()
+        self.guard.stop()
         stopping = [peer.stop() for peer in self._peers.values()]
         self._peers.clear()
         if self._port is not None:
@@ -165,6 +172,8 @@ def tcp_transport(reactor, listen, hello, tls=None, client_cert=True, **options)
         endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
         return endpoint if tls is None else tls.wrap_client(host, endpoint)
 
+    # A soft limit of 1024 open files would refuse connections long before --max-connections.
+    raise_open_files_limit(options.get("limits") or Limits())
     server = serverFromString(reactor, listen)
     if tls is not None:
         server = tls.wrap_server(server, client_cert)
