@@ -230,7 +230,8 @@ class RequestAPI:
     def _transaction(self, request):
         unknown = set(request) - _ENVELOPE - {"ops"}
         if unknown:
-            raise errors.InvalidRequest(f"transaction: unknown field {sorted(unknown)[0]!r}")
+            # repr first: the keys may mix text and bytes, which do not sort together.
+            raise errors.InvalidRequest(f"transaction: unknown field {sorted(map(repr, unknown))[0]}")
         return self.query.transaction(parse_transaction(request.get("ops")))
 
     def _status(self, request):

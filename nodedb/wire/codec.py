@@ -137,6 +137,6 @@ INTERNAL_TYPES = frozenset({PREPARED_TYPE, DECISION_TYPE})
 
 def check_stored_type(value):
     """*value* as a record type a peer may replicate: a client's type or an internal one."""
-    if value in INTERNAL_TYPES:
+    if type(value) is str and value in INTERNAL_TYPES:  # a list or map is not hashable
         return value
     return check_type_name(value)

@@ -204,6 +204,21 @@ class TestBadInput:
         assert [reply["id"] for reply in replies(transport)] == [None]
         assert dispatch.requests == []
 
+    @pytest.mark.parametrize("bad", [struct.pack(">I", 1025), frame(b"\xff")], ids=["too-long", "garbage"])
+    def test_what_arrives_after_the_close_is_neither_read_nor_kept(self, bad):
+        # Found by tests/fuzz: after a too-long length prefix the channel kept every later
+        # byte (and answered each later piece with another error); a TLS connection goes on
+        # delivering until its close completes.
+        dispatch = echo()
+        channel, transport = serving(dispatch)
+        with capturedLogs() as events:
+            channel.dataReceived(bad)
+            for _ in range(3):
+                channel.dataReceived(frame({"id": 2, "op": "echo"}) + b"\x00\x00")
+        assert [reply["id"] for reply in replies(transport)] == [None]
+        assert dispatch.requests == [] and channel.recvd == b""
+        assert len([e for e in events if "closing" in e.get("log_format", "")]) == 1
+
 
 # -- calls from this end --------------------------------------------------------------------
 

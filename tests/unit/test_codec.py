@@ -209,3 +209,16 @@ class TestCheckTypeName:
     def test_refuses(self, name):
         with pytest.raises(InvalidRequest, match="a record type is 1-64 characters"):
             codec.check_type_name(name)
+
+
+class TestCheckStoredType:
+    @pytest.mark.parametrize("name", ["user", codec.PREPARED_TYPE, codec.DECISION_TYPE])
+    def test_accepts_client_and_internal_types(self, name):
+        assert codec.check_stored_type(name) == name
+
+    @pytest.mark.parametrize("name", ["nodedb.other", b"nodedb.prepared", ["user"], {"a": 1}, None, 1])
+    def test_refuses(self, name):
+        # Lists and maps included (found by tests/fuzz: they are not hashable, and looking
+        # one up among the internal types raised TypeError).
+        with pytest.raises(InvalidRequest, match="a record type is 1-64 characters"):
+            codec.check_stored_type(name)

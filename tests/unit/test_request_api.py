@@ -188,6 +188,16 @@ def test_unknown_fields_are_refused(api, channel, op, fields):
     refused(api, channel, InvalidRequest, f"{op}: unknown field", op, **fields)
 
 
+@pytest.mark.parametrize("op", ["insert", "transaction"])
+def test_unknown_text_and_bytes_fields_together_are_refused(api, channel, op):
+    # Found by tests/fuzz: text and bytes keys do not sort together, and the refusal of a
+    # transaction sorted them to name the first (a TypeError, an internal error).
+    request = {"id": 9, "op": op, "type": "user", "doc": {}, "ops": [{"op": "insert", "type": "t", "doc": {}}]}
+    request.update({"x": 1, b"x": 2})
+    with pytest.raises(InvalidRequest, match=f"{op}: unknown field"):
+        api.dispatch(request, channel)
+
+
 @pytest.mark.parametrize(
     "op, fields, match",
     [
