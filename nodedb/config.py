@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from nodedb.errors import InvalidRequest
+from nodedb.wire.limits import Limits
 
 DEFAULT_LISTEN = "tcp:7400:interface=127.0.0.1"
 DEFAULT_ADMIN = "tcp:7480:interface=127.0.0.1"
@@ -111,14 +112,14 @@ class NodeConfig:
     tls: str | None = None
     #: With TLS, whether clients must present a certificate signed by the cluster CA.
     client_cert: bool = True
-    # Connection limits (nodedb.wire.limits.Limits has the same fields and defaults).
-    max_in_flight: int = 256
-    max_peer_in_flight: int = 4096
-    max_connections_per_address: int = 64
-    max_connections: int = 4096
-    idle_timeout: float = 300.0
-    handshake_timeout: float = 10.0
-    frame_timeout: float = 30.0
+    # Connection limits: nodedb.wire.limits.Limits says what each is.
+    max_in_flight: int = Limits.max_in_flight
+    max_peer_in_flight: int = Limits.max_peer_in_flight
+    max_connections_per_address: int = Limits.max_connections_per_address
+    max_connections: int = Limits.max_connections
+    idle_timeout: float = Limits.idle_timeout
+    handshake_timeout: float = Limits.handshake_timeout
+    frame_timeout: float = Limits.frame_timeout
 
     def __post_init__(self):
         self.check()

@@ -89,3 +89,17 @@ class Recorder(Protocol):
 
     def connectionLost(self, reason):
         self.lost = reason
+
+
+def written_frames(transport):
+    """Decode every nodedb frame written to *transport* (a ``StringTransport``) so far, and
+    clear it."""
+    from nodedb.wire import codec
+
+    data, out = transport.value(), []
+    transport.clear()
+    while data:
+        length = int.from_bytes(data[:4], "big")
+        out.append(codec.decode(data[4 : 4 + length]))
+        data = data[4 + length :]
+    return out

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from nodedb import errors
 from nodedb.errors import InvalidRequest, NodeDBError, NotFound, ProtocolError, Timeout, Unavailable
-from nodedb.testing import failure_result_of, no_result, success_result_of
+from nodedb.testing import failure_result_of, no_result, success_result_of, written_frames
 from nodedb.testing.network import connect
 from nodedb.wire import codec
 from nodedb.wire.channel import PROTOCOL_VERSION, Channel, hello_request
@@ -22,15 +22,7 @@ def frame(message):
     return struct.pack(">I", len(data)) + data
 
 
-def replies(transport):
-    """Decode every frame written to *transport* so far, and clear it."""
-    data, out = transport.value(), []
-    transport.clear()
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        out.append(codec.decode(data[4 : 4 + length]))
-        data = data[4 + length :]
-    return out
+replies = written_frames  # every frame the node wrote, decoded
 
 
 class Recorder:

@@ -19,7 +19,7 @@ from zope.interface import directlyProvides
 from nodedb import config, errors, tap
 from nodedb.config import ConfigError, NodeConfig
 from nodedb.metrics import NodeMetrics
-from nodedb.testing import failure_result_of, no_result, success_result_of
+from nodedb.testing import failure_result_of, no_result, success_result_of, written_frames
 from nodedb.testing.network import MemoryEndpoint, connect, pump_all
 from nodedb.wire import codec
 from nodedb.wire.channel import Channel, hello_request
@@ -37,15 +37,7 @@ def request(request_id, op="hold", **arguments):
     return frame({"id": request_id, "op": op, **arguments})
 
 
-def replies(transport):
-    """Decode every frame written to *transport* so far, and clear it."""
-    data, out = transport.value(), []
-    transport.clear()
-    while data:
-        (length,) = struct.unpack(">I", data[:4])
-        out.append(codec.decode(data[4 : 4 + length]))
-        data = data[4 + length :]
-    return out
+replies = written_frames  # every frame the node wrote, decoded
 
 
 class Server:
