@@ -3,7 +3,6 @@ the cluster still can, serves requests for that partition through a relay, apply
 write once; a request to a host that froze ends in Timeout or Unavailable within its time."""
 
 import pytest
-from twisted.internet import defer
 
 from nodedb import errors
 from nodedb.reliability.service import ReportingTransport
@@ -19,13 +18,7 @@ def host_id(host):
 
 
 def run(cluster, coroutine, timeout=30.0):
-    """Run *coroutine* on the simulated clock and return its result (or raise its error)."""
-    outcome = []
-    defer.ensureDeferred(coroutine).addBoth(outcome.append)
-    cluster.run_until(lambda: outcome, timeout=timeout)
-    if hasattr(outcome[0], "raiseException"):
-        outcome[0].raiseException()
-    return outcome[0]
+    return cluster.wait(coroutine, timeout)
 
 
 def failure_of(cluster, d, timeout=30.0):

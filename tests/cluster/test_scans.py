@@ -19,13 +19,7 @@ def host_id(host):
 
 
 def run(cluster, coroutine, timeout=60.0):
-    """Run *coroutine* on the simulated clock and return its result (or raise its error)."""
-    outcome = []
-    defer.ensureDeferred(coroutine).addBoth(outcome.append)
-    cluster.run_until(lambda: outcome, timeout=timeout)
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    return outcome[0]
+    return cluster.wait(coroutine, timeout)
 
 
 @pytest.fixture
