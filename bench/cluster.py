@@ -270,6 +270,12 @@ class Cluster:
         tails = "\n".join(f"  {n.name}:\n{n.child.tail()}" for n in self.nodes if n.child is not None)
         return BenchError(f"nodedb request failed{label}: {type(error).__name__}: {error}\n{tails}")
 
+    async def shutdown(self, clients):
+        """Close *clients*, then stop every node."""
+        for client in clients:
+            await client.close()
+        self.stop()
+
     def stop(self):
         for node in self.nodes:
             if node.child is not None:
@@ -439,9 +445,7 @@ async def run_once(reactor, work_dir, args, doc):
     except NodeDBError as e:
         raise cluster.failed(e) from None
     finally:
-        for client in clients:
-            await client.close()
-        cluster.stop()
+        await cluster.shutdown(clients)
 
 
 async def watch_removal(cluster, live, victim_id, killed_at, remove_after):
@@ -546,9 +550,7 @@ async def spare_once(reactor, work_dir, args, doc):
     except NodeDBError as e:
         raise cluster.failed(e, " (--spare)") from None
     finally:
-        for client in clients:
-            await client.close()
-        cluster.stop()
+        await cluster.shutdown(clients)
 
 
 # -- report ---------------------------------------------------------------------------------

@@ -271,9 +271,7 @@ async def run_once(reactor, work_dir, args):
     except NodeDBError as e:
         raise cluster.failed(e) from None
     finally:
-        for client in clients:
-            await client.close()
-        cluster.stop()
+        await cluster.shutdown(clients)
 
 
 def report(args, m, runs, temp_root, took):
