@@ -353,12 +353,8 @@ class NodeService(MultiService):
         ranges = tuple(
             (layout.make(p, sequence_range(e)[0]), layout.make(p, sequence_range(e)[1])) for p, e in sorted(primaries.items())
         )
-        if host_id not in state.members:
-            status = "proposal"
-        else:
-            status = "write" if held else "read"
         self.gossip.update_local(
-            status=status,
+            status=("write" if held else "read") if state.admitted(host_id) else "proposal",
             partitions=tuple(state.replica_partitions(host_id)),
             ranges=ranges,
             syncing=tuple(self.logsync.syncing()),

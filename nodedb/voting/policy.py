@@ -3,13 +3,15 @@
 The leader looks at its NI (who exists, where, with how much room) and its reliability view
 (who answers), and proposes at most a few decisions per round: accept joining hosts (or
 refuse them, with a reason to log), follow a host to a new address, remove a host that stayed
-away too long, fill every partition's replica set, and change the voter set one server at a
-time. Followers never run this; they apply what commits.
+away too long, fill every partition's replica set, change the voter set (one server at a
+time, except that a lone voter grows straight to three or five), and admit a member once it
+is all the cluster wants it to be. Followers never run this; they apply what commits.
 """
 
 import math
 from dataclasses import dataclass
 
+from nodedb.logsync.state import majority
 from nodedb.topology.vivaldi import Coordinate, distance
 from nodedb.voting.state import MAX_EPOCH, Assignment
 
@@ -176,8 +178,12 @@ def assignment_decision(state, views, settings):
         replicas = list(assignment.replicas)
         if len(replicas) >= target or (not replicas and assignment.epoch >= MAX_EPOCH):
             continue
-        # One replica at a time: consecutive replica sets then always share a majority,
-        # which failover relies on (see nodedb.logsync.state.majority).
+        # One replica at a time, and only to a set whose majority is caught up: consecutive
+        # replica sets then always share a majority that holds every acknowledged write,
+        # which failover relies on (see nodedb.logsync.state.majority). A newcomer that has
+        # not caught up yet holds only what came after it joined.
+        if caught_up(assignment, partition, views) < majority(len(replicas)):
+            continue
         others = [views[h].coordinate for h in replicas if h in views]
         choices = [h for h in candidates if h not in replicas]
         if choices:
@@ -198,6 +204,32 @@ def assignment_decision(state, views, settings):
         available = {h for h, view in views.items() if view.available}
         changes = _rebalance(state, candidates, available, target, settings)
     return {"op": "assign", "map": changes} if changes else None
+
+
+def caught_up(assignment, partition, views):
+    """How many replicas of *partition* are live and caught up, as the views show."""
+    return sum(1 for h in assignment.replicas if h in views and views[h].in_sync(partition))
+
+
+def admission_decisions(state, voters, views, settings):
+    """``admit`` decisions for the members that are now all the cluster wants them to be: a
+    voter if the group wants more voters, every partition it holds caught up, and no
+    partition short of replicas (a newcomer is what fills them). So a cluster whose members
+    are all admitted can lose any one host (see docs/voting.md)."""
+    target = min(state.replicas, len(state.members))
+    if any(len(a.replicas) < target for a in state.assignments.values() if a.replicas or a.epoch < MAX_EPOCH):
+        return []
+    want = voter_count(len(state.members), settings.max_voters)
+    decisions = []
+    for host_id in sorted(state.members):
+        view = views.get(host_id)
+        if state.admitted(host_id) or view is None or not view.available:
+            continue
+        if host_id not in voters and len(voters) < want:
+            continue
+        if all(view.in_sync(p) for p in state.replica_partitions(host_id)):
+            decisions.append({"op": "admit", "host": host_id})
+    return decisions
 
 
 def _follower_load(assignments):
@@ -271,7 +303,7 @@ def _rebalance(state, candidates, available, target, settings):
     return changes
 
 
-def _voter_count(healthy, maximum):
+def voter_count(healthy, maximum):
     """The largest odd number of voters the healthy members allow (at least one)."""
     count = min(maximum, max(1, healthy))
     return count if count % 2 else count - 1
@@ -312,8 +344,14 @@ def next_config(voters, learners, state, views, now, settings, leader_id):
     for host in sorted(voters):
         if long_gone(host) and spare:
             return voters - {host}, learners | {host}
-    want = _voter_count(len(members), settings.max_voters)
-    if len(voters) < want:
+    want = voter_count(len(members), settings.max_voters)
+    if len(voters) == 1 and want > 1:
+        # A lone voter grows straight to three (or five): two voters would be a step that
+        # one failure stops for good. Until two healthy members can join, it stays alone.
+        joining = set(spare[: voter_count(1 + len(spare), want) - 1])
+        if joining:
+            return voters | joining, learners - joining
+    elif len(voters) < want:
         if spare:
             return voters | {spare[0]}, learners - {spare[0]}
     elif len(voters) > want:

@@ -15,7 +15,11 @@ What is implemented (Ongaro's dissertation, chapters 3, 4, 5, 9):
 - log replication with conflict back-off by term, commit on a majority of the current term;
 - **membership changes one server at a time**: a configuration entry takes effect as soon as
   it is appended, and a new one is refused while one is uncommitted; **learners** receive
-  the log but neither vote nor count for commitment;
+  the log but neither vote nor count for commitment. One exception: a leader that is the
+  only voter may add several voters at once (1 to 3), because the old configuration's only
+  quorum is the leader itself, and every voter of the new one that could win an election
+  has the configuration entry and so every entry the leader committed alone; this skips the
+  two-voter step, which one failure stops for good;
 - **snapshots and log compaction**: the application hands a snapshot of its state at an
   applied index to :meth:`Raft.compact`; a follower behind the compaction point receives the
   snapshot instead of entries.
@@ -545,7 +549,8 @@ class Raft:
 
     def propose_config(self, voters, learners=()):
         """Change the membership: at most one voter added or removed per change (any number
-        of learners, which neither vote nor count for commitment).
+        of learners, which neither vote nor count for commitment), except that a leader that
+        is the only voter may add several at once (see the module's docstring).
 
         :raise ChangeInProgress: while an earlier change is uncommitted.
         :raise ValueError: for a change of more than one voter.
@@ -553,7 +558,8 @@ class Raft:
         if self.state == LEADER and self._pending_config > self.commit:
             raise ChangeInProgress("a membership change is still uncommitted")
         new = Config(frozenset(voters), frozenset(learners) - frozenset(voters))
-        if len(new.voters ^ self.config.voters) > 1:
+        grows_alone = self.config.voters == {self.id} and self.config.voters < new.voters
+        if len(new.voters ^ self.config.voters) > 1 and not grows_alone:
             raise ValueError("change one voter at a time")
         if not new.voters:
             raise ValueError("a cluster needs a voter")

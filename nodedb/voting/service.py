@@ -146,6 +146,8 @@ class VotingService(Service):
         for loop in (self._ticker, self._policy):
             if loop.running:
                 loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
         waiting, self._waiting = self._waiting, {}
         for d in waiting.values():
             d.errback(errors.Unavailable("voting stopped"))
@@ -198,6 +200,8 @@ class VotingService(Service):
             self.raft.compact(self.raft.applied, self.state.to_snapshot())
         if changed and self.on_change is not None:
             self.on_change(self.state)
+        if ready.committed and self.raft.state == LEADER:
+            self._run_policy_soon()
         self._again = False
         self._process()
 
@@ -235,6 +239,14 @@ class VotingService(Service):
         self._process()
         return d
 
+    def _run_policy_soon(self):
+        """Look again right after a commit rather than at the next round: a join is then a
+        few commits in a row (accept, learner, voter, admit), not one a second."""
+        if self._soon is None or not self._soon.active():
+            self._soon = self.clock.callLater(0, self._run_policy)
+
+    _soon = None
+
     def _run_policy(self):
         if self.raft.state != LEADER or self.state.cluster_id is None or self.raft.commit < self.raft.last_index():
             return
@@ -255,6 +267,9 @@ class VotingService(Service):
                 self.raft.propose(assign)
             elif not self._electing:
                 self._balance(views)
+            for decision in policy.admission_decisions(self.state, self.raft.config.voters, views, self.settings):
+                self._log.info("admitting {host}: it is a voter where one is wanted and caught up", host=decision["host"])
+                self.raft.propose(decision)
         change = policy.next_config(
             self.raft.config.voters, self.raft.config.learners, self.state, views, now, self.settings, self.host_id
         )

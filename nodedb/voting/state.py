@@ -51,7 +51,10 @@ class ClusterState:
         self.cluster_id = None
         self.partitions = 0
         self.replicas = 0
-        self.members = {}  # host id -> {"address": ..., "accepted": ...}
+        # host id -> {"address": ..., "accepted": ..., "admitted": ...}; a member is admitted
+        # once it is all the cluster wants it to be (a voter where a voter is wanted, its copies
+        # placed and caught up): until then it shows status ``proposal``.
+        self.members = {}
         self.removed = {}  # host id -> when it was removed
         self.assignments = {}  # partition -> Assignment
         self.decisions = 0
@@ -61,6 +64,12 @@ class ClusterState:
     def primary_partitions(self, host_id):
         """``{partition: epoch}`` of the partitions *host_id* is primary for."""
         return {p: a.epoch for p, a in self.assignments.items() if a.primary == host_id}
+
+    def admitted(self, host_id):
+        """Whether *host_id* is a member the cluster has fully taken in (members from before
+        admission existed count as admitted)."""
+        member = self.members.get(host_id)
+        return member is not None and member.get("admitted", True)
 
     def replica_partitions(self, host_id):
         return sorted(p for p, a in self.assignments.items() if host_id in a.replicas)
@@ -91,12 +100,27 @@ class ClusterState:
     def _apply_bootstrap(self, d):
         if self.cluster_id is not None:
             return False
+        partitions = int(d["partitions"])
+        host, at = str(d["host"]), float(d["at"])
+        members = {host: {"address": str(d["address"]), "accepted": at, "admitted": True}}
+        # A cluster formed with --bootstrap-expect starts with every expected host a member
+        # (admitted once it is a voter where wanted and caught up) and its replica sets placed.
+        for other, address in d.get("members", {}).items():
+            members.setdefault(str(other), {"address": str(address), "accepted": at, "admitted": False})
+        placed = d.get("map")
+        if placed is None:
+            assignments = {p: Assignment((host,), 0) for p in range(partitions)}
+        else:
+            assignments = {int(p): Assignment.from_data(a) for p, a in placed.items()}
+            if set(assignments) != set(range(partitions)) or any(
+                h not in members for a in assignments.values() for h in a.replicas
+            ):
+                raise ValueError("a bootstrap map names every partition, and only members")
         self.cluster_id = str(d["cluster"])
-        self.partitions = int(d["partitions"])
+        self.partitions = partitions
         self.replicas = int(d["replicas"])
-        host = str(d["host"])
-        self.members[host] = {"address": str(d["address"]), "accepted": float(d["at"])}
-        self.assignments = {p: Assignment((host,), 0) for p in range(self.partitions)}
+        self.members = members
+        self.assignments = assignments
         return True
 
     def _apply_accept(self, d):
@@ -104,8 +128,18 @@ class ClusterState:
         known = self.members.get(host)
         if known is not None and known["address"] == address:
             return False
-        self.members[host] = {"address": address, "accepted": known["accepted"] if known else float(d["at"])}
+        if known is None:
+            self.members[host] = {"address": address, "accepted": float(d["at"]), "admitted": False}
+        else:
+            self.members[host] = {**known, "address": address}
         self.removed.pop(host, None)
+        return True
+
+    def _apply_admit(self, d):
+        member = self.members.get(str(d["host"]))
+        if member is None or member.get("admitted", True):
+            return False
+        member["admitted"] = True
         return True
 
     def _apply_remove(self, d):

@@ -180,6 +180,50 @@ def test_membership_changes_one_voter_at_a_time():
     assert group.nodes["d"].config.learners == frozenset("d")
 
 
+def test_a_lone_voter_adds_two_voters_at_once():
+    group = Group(["a", "b", "c"], voters=["a"])
+    leader = group.elect("a")
+    leader.propose("alone")
+    group.stabilize()
+    with pytest.raises(ValueError):
+        leader.propose_config({"b", "c"})  # a lone voter may only grow, not swap itself out
+    leader.propose_config({"a", "b", "c"})
+    group.stabilize()
+    assert all(n.config.voters == frozenset("abc") for n in group.nodes.values())
+    with pytest.raises(ValueError):
+        leader.propose_config({"a"})  # shrinking stays one voter at a time
+    # The founder dies for good: the two others elect a leader that has every committed entry.
+    group.isolate("a")
+    group.tick(60)  # a, cut off, steps down (check-quorum)
+    survivor = group.leader()
+    assert survivor is not None and survivor.id in ("b", "c")
+    survivor.propose("after")
+    group.stabilize()
+    assert group.applied[survivor.id] == ["alone", "after"]
+
+
+def test_a_lone_voter_that_dies_while_growing_loses_nothing_committed():
+    group = Group(["a", "b", "c"], voters=["a"])
+    leader = group.elect("a")
+    leader.propose("committed-alone")
+    group.stabilize()
+    # The change reaches b only; a dies. b cannot be elected without c's vote, and c has the
+    # old configuration (a alone): nothing is committed without a, and nothing is lost.
+    group.cut = {("a", "c")}
+    leader.propose_config({"a", "b", "c"})
+    group.stabilize()
+    assert group.nodes["b"].config.voters == frozenset("abc")
+    assert group.nodes["c"].config.voters == frozenset("a")
+    group.isolate("a")
+    group.tick(60)  # a, cut off, steps down (check-quorum)
+    survivor = group.leader()
+    assert survivor is not None and survivor.id == "b"  # c votes for b's longer log
+    survivor.propose("after")
+    group.stabilize()
+    assert group.applied["b"][0] == "committed-alone" and group.applied["b"][-1] == "after"
+    assert group.applied["c"] == group.applied["b"]
+
+
 def test_learners_get_the_log_but_neither_vote_nor_count():
     group = Group(["a", "b", "l"], voters=["a", "b"])
     leader = group.elect("a")

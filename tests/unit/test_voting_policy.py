@@ -5,6 +5,7 @@ import pytest
 from nodedb.voting.policy import (
     HostView,
     VotingSettings,
+    admission_decisions,
     assignment_decision,
     failover_assignment,
     failover_partitions,
@@ -46,22 +47,25 @@ def set_map(state, replica_sets, epoch=0):
         state.assignments[partition] = Assignment(tuple(replicas), epoch)
 
 
-def fill(state, seen):
-    """Apply the leader's assignment decisions until it has none (each adds at most one
-    replica per partition)."""
+def fill(state, *hosts):
+    """Apply the leader's assignment decisions, every copy catching up at once, until it has
+    none (each adds at most one replica per partition)."""
     for _ in range(20):
-        decision = assignment_decision(state, seen, SETTINGS)
+        decision = assignment_decision(state, synced_views(state, *hosts), SETTINGS)
         if decision is None:
             return
         state.apply(decision)
     raise AssertionError("the assignments never settled")
 
 
-def test_a_replica_set_grows_one_replica_per_decision():
+def test_a_replica_set_grows_one_replica_per_decision_once_its_majority_caught_up():
     state = cluster(("a", "b", "c"))
-    state.apply(assignment_decision(state, views("a", "b", "c"), SETTINGS))
+    state.apply(assignment_decision(state, synced_views(state, "a", "b", "c"), SETTINGS))
     assert all(len(a.replicas) == 2 for a in state.assignments.values())
-    state.apply(assignment_decision(state, views("a", "b", "c"), SETTINGS))
+    # The second copy has not caught up: a third now would make a majority ({b, c}) that
+    # lacks the writes the primary acknowledged alone.
+    assert assignment_decision(state, synced_views(state, "a", "b", "c", syncing="bc"), SETTINGS) is None
+    state.apply(assignment_decision(state, synced_views(state, "a", "b", "c"), SETTINGS))
     assert all(len(a.replicas) == 3 for a in state.assignments.values())
 
 
@@ -82,7 +86,7 @@ def test_a_member_gone_past_the_threshold_is_removed():
 
 def test_removing_a_primary_gives_its_partitions_a_new_epoch_and_id_range():
     state = cluster(("a", "b", "c"))
-    fill(state, views("a", "b", "c"))
+    fill(state, "a", "b", "c")
     assert all(len(a.replicas) == 3 and a.primary == "a" for a in state.assignments.values())
     state.apply({"op": "remove", "host": "a", "at": 1.0})
     for assignment in state.assignments.values():
@@ -118,12 +122,59 @@ def test_stale_or_malformed_assignments_change_nothing():
 
 def test_voters_follow_the_number_of_members_not_of_healthy_ones():
     state = cluster(("a", "b", "c"))
-    # Everyone a learner first, then voters one at a time up to three.
+    # Everyone a learner first; then the lone voter grows straight to three.
     assert next_config({"a"}, set(), state, views("a", "b", "c"), 0.0, SETTINGS, "a") == ({"a"}, {"b", "c"})
-    assert next_config({"a"}, {"b", "c"}, state, views("a", "b", "c"), 0.0, SETTINGS, "a") == ({"a", "b"}, {"c"})
+    assert next_config({"a"}, {"b", "c"}, state, views("a", "b", "c"), 0.0, SETTINGS, "a") == ({"a", "b", "c"}, set())
     # A voter that is down, with no healthy member to take its place, stays: quorum 2 of 3.
     down = views("a", "b", "c", down={"c"}, since=0.0)
     assert next_config({"a", "b", "c"}, set(), state, down, 100.0, SETTINGS, "a") is None
+
+
+def test_a_lone_voter_waits_for_two_healthy_members_rather_than_make_two_voters():
+    state = cluster(("a", "b", "c"))
+    one_down = views("a", "b", "c", down={"c"}, since=0.0)
+    assert next_config({"a"}, {"b", "c"}, state, one_down, 1.0, SETTINGS, "a") is None
+    # Two members: one voter is what the count allows (two would tolerate no more failures).
+    pair = cluster(("a", "b"))
+    assert next_config({"a"}, {"b"}, pair, views("a", "b"), 1.0, SETTINGS, "a") is None
+    # Five members: straight from one to five.
+    five = cluster(tuple("abcde"))
+    assert next_config({"a"}, set("bcde"), five, views(*"abcde"), 1.0, SETTINGS, "a") == (set("abcde"), set())
+    # Three voters grow to five one at a time (four tolerates one failure, as three does).
+    assert next_config(set("abc"), set("de"), five, views(*"abcde"), 1.0, SETTINGS, "a") == (set("abcd"), {"e"})
+
+
+def test_a_member_is_admitted_once_a_voter_where_wanted_and_caught_up():
+    state = cluster(("a", "b", "c"))
+    assert state.admitted("a") and not state.admitted("b") and not state.admitted("c")
+    # Not yet: b and c hold no copies while partitions lack replicas, and they are learners.
+    assert admission_decisions(state, {"a"}, synced_views(state, "a", "b", "c"), SETTINGS) == []
+    fill(state, "a", "b", "c")
+    assert admission_decisions(state, {"a"}, synced_views(state, "a", "b", "c"), SETTINGS) == []
+    # Voters, but c has not caught up.
+    decisions = admission_decisions(state, set("abc"), synced_views(state, "a", "b", "c", syncing="c"), SETTINGS)
+    assert decisions == [{"op": "admit", "host": "b"}]
+    for decision in admission_decisions(state, set("abc"), synced_views(state, "a", "b", "c"), SETTINGS):
+        assert state.apply(decision)
+    assert all(state.admitted(h) for h in "abc")
+    assert admission_decisions(state, set("abc"), synced_views(state, "a", "b", "c"), SETTINGS) == []
+    # A fourth host is admitted at once: three voters are what four members want, and no
+    # partition lacks a replica (it gets copies by rebalancing later).
+    state.apply({"op": "accept", "host": "d", "address": "d:1", "at": 1.0})
+    assert admission_decisions(state, set("abc"), synced_views(state, *"abcd"), SETTINGS) == [{"op": "admit", "host": "d"}]
+
+
+def test_admission_survives_a_snapshot_and_a_new_address():
+    state = cluster(("a", "b"))
+    state.apply({"op": "admit", "host": "b"})
+    state.apply({"op": "accept", "host": "b", "address": "b:2", "at": 3.0})
+    restored = ClusterState.from_snapshot(state.to_snapshot())
+    assert restored.admitted("b") and restored.members["b"]["address"] == "b:2"
+    assert not restored.apply({"op": "admit", "host": "zz"})
+    # Members recorded before admission existed count as admitted.
+    legacy = state.to_snapshot()
+    legacy["members"] = {h: {"address": m["address"], "accepted": m["accepted"]} for h, m in legacy["members"].items()}
+    assert ClusterState.from_snapshot(legacy).admitted("b")
 
 
 def test_a_long_gone_voter_is_replaced_by_a_healthy_learner():
@@ -153,7 +204,7 @@ def synced_views(state, *hosts, syncing=()):
 
 def test_followers_are_rebalanced_onto_a_new_host_but_primaries_stay():
     state = cluster(("a", "b", "c"), partitions=8)
-    fill(state, views("a", "b", "c"))
+    fill(state, "a", "b", "c")
     state.apply({"op": "accept", "host": "d", "address": "d:1", "at": 1.0})
     # The new host gets extra copies first; while it is still syncing nothing is dropped.
     state.apply(assignment_decision(state, synced_views(state, "a", "b", "c", "d"), SETTINGS))
@@ -433,7 +484,7 @@ def test_moves_stop_only_when_no_follower_would_even_things_out():
 
 def test_no_follower_move_in_a_replica_set_with_a_host_that_is_down():
     state = cluster(("a", "b", "c"), partitions=8)
-    fill(state, views("a", "b", "c"))
+    fill(state, "a", "b", "c")
     state.apply({"op": "accept", "host": "d", "address": "d:1", "at": 1.0})
     seen = synced_views(state, "a", "b", "c", "d")
     seen["c"] = HostView("c", "c:1", "c1", False, 5.0, 10**12, partitions=frozenset(range(8)))
