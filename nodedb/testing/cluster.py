@@ -24,7 +24,7 @@ from nodedb.gossip.service import GossipTiming
 from nodedb.node import make_node
 from nodedb.storage.memory import MemoryStorage, MemoryStore
 from nodedb.testing.simulation import SimNetwork, replay_hint
-from nodedb.voting.policy import primary_moves
+from nodedb.voting.policy import caught_up, primary_moves, voter_count
 from nodedb.wire.channel import hello_request
 from nodedb.wire.connection import PersistentConnection
 from nodedb.wire.transport import PeerTransport
@@ -181,6 +181,11 @@ class SimCluster:
         states = [h.node.voting.state.to_snapshot() for h in self.live() if h.node.voting is not None]
         return len(states) == len(self.live()) and all(s == states[0] for s in states)
 
+    def admitted(self):
+        """:meth:`agreed`, and every member is admitted: each live host advertises ``write``
+        or ``read``, the promise that losing any one of them loses no acknowledged write."""
+        return self.agreed() and all(h.node.gossip.local_entry().status in ("write", "read") for h in self.live())
+
     def live(self):
         return [h for h in self.hosts if h.up and h.node.gossip is not None]
 
@@ -191,11 +196,14 @@ class SimCluster:
         if leader is None or not self.replicated():
             return False
         voting = leader.node.voting
-        members = len(voting.state.members)
-        wanted = min(5, members) if min(5, members) % 2 else min(5, members) - 1
-        if len(voting.raft.config.voters) != wanted or voting._electing:
+        wanted = voter_count(len(voting.state.members), voting.settings.max_voters)
+        if len(voting.raft.config.voters) != wanted or voting._electing or not self.admitted():
             return False
-        return not primary_moves(voting.state, leader.node._host_views(), voting.settings)
+        # The leader's picture has caught up too (it plans from it): no planned move is due.
+        views = leader.node._host_views()
+        if any(caught_up(a, p, views) != len(a.replicas) for p, a in voting.state.assignments.items()):
+            return False
+        return not primary_moves(voting.state, views, voting.settings)
 
     def replicated(self, full=True):
         """Every live host agrees on the partition map, every partition has its full replica

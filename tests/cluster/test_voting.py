@@ -19,10 +19,11 @@ def voting(host):
 
 
 def settled_cluster(seed, hosts, voters, **options):
-    """A simulated cluster of *hosts* that agree on their state, with *voters* voters."""
+    """A simulated cluster of *hosts* that agree on their state, with *voters* voters, every
+    host admitted."""
     cluster = SimCluster(seed, **options)
     cluster.start_hosts(hosts)
-    cluster.run_until(lambda: cluster.agreed() and len(voting(cluster.hosts[0]).raft.config.voters) == voters, timeout=40)
+    cluster.run_until(lambda: cluster.admitted() and len(voting(cluster.hosts[0]).raft.config.voters) == voters, timeout=40)
     return cluster
 
 
