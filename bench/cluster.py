@@ -99,7 +99,7 @@ LAYOUT = IdLayout()
 
 def voter_count(members):
     """The Voting voters *members* hosts settle on: the largest odd number up to 5
-    (nodedb.voting.policy._voter_count)."""
+    (nodedb.voting.policy.voter_count)."""
     count = min(5, max(1, members))
     return count if count % 2 else count - 1
 
