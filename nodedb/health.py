@@ -114,3 +114,33 @@ def assess(state, leader, voters, views, max_voters):
         "under_replicated": _first(under_replicated),
         "fault_tolerance": max(0, tolerance) if healthy else 0,
     }
+
+
+def cluster_health(voting, views):
+    """:func:`assess` of what a running :class:`~nodedb.voting.service.VotingService` knows."""
+    return assess(voting.state, voting.leader(), voting.raft.config.voters, views, voting.settings.max_voters)
+
+
+#: The ``problems`` of a node that answers but has no health to tell yet.
+STARTING = ["the node is still starting"]
+
+
+def summary(health):
+    """The one line ``nodedb status`` and the admin page start with, of a ``health`` object
+    (None: the node is still starting)."""
+    if health is None:
+        return "unhealthy: " + STARTING[0]
+    if not health["healthy"]:
+        return "unhealthy: " + "; ".join(health["problems"])
+    tolerance = health["fault_tolerance"]
+    full = health["partitions"] - health["under_replicated"]["count"]
+    return (
+        f"healthy: can lose {tolerance} host{'s' * (tolerance != 1)}; "
+        f"{full}/{health['partitions']} partitions fully replicated"
+    )
+
+
+def shown_status(host):
+    """A ``/status`` host entry's status as people read it: ``write (down)`` when this host
+    sees it unavailable, whatever it last advertised."""
+    return host["status"] if host.get("available", True) else f"{host['status']} (down)"
