@@ -137,6 +137,9 @@ def test_a_syncing_replica_is_not_a_copy_yet():
     assert report["under_replicated"] == {"count": 2, "first": [0, 1]}
     assert report["problems"] == ["2 partitions under-replicated (2 of 3 copies live and caught up)"]
     assert report["fault_tolerance"] == 0
+    assert health(state, views(state, syncing={"c": [0]}))["problems"] == [
+        "partition 0 is under-replicated (2 of 3 copies live and caught up)"
+    ]
     report = health(state, views(state, syncing={"b": [0], "c": [0]}))
     assert not report["healthy"]
     assert report["problems"][0] == "partition 0 has no live majority (1 of 3 copies live and caught up)"
