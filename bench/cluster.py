@@ -75,6 +75,7 @@ from twisted.internet import defer, task, threads  # noqa: E402
 from nodedb.client import connect  # noqa: E402
 from nodedb.errors import NodeDBError  # noqa: E402
 from nodedb.ids import IdLayout  # noqa: E402
+from nodedb.voting import policy  # noqa: E402
 
 RECORD_TYPE = "bench"
 NODES = 3
@@ -98,10 +99,8 @@ LAYOUT = IdLayout()
 
 
 def voter_count(members):
-    """The Voting voters *members* hosts settle on: the largest odd number up to 5
-    (nodedb.voting.policy._voter_count)."""
-    count = min(5, max(1, members))
-    return count if count % 2 else count - 1
+    """The Voting voters *members* hosts settle on: the largest odd number up to 5."""
+    return policy.voter_count(members, policy.VotingSettings.max_voters)
 
 
 # -- the nodes ------------------------------------------------------------------------------

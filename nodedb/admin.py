@@ -1,4 +1,5 @@
-"""The admin HTTP site: ``/status`` (JSON), ``/metrics`` (Prometheus text) and ``/`` (a page).
+"""The admin HTTP site: ``/status`` and ``/health`` (JSON), ``/metrics`` (Prometheus text) and
+``/`` (a page).
 
 It is read-only and, like the request port, refuses to listen beyond loopback without TLS
 unless ``--insecure`` is given.
@@ -11,6 +12,8 @@ from twisted.web import pages
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from nodedb.health import STARTING, shown_status, summary
+
 
 class _Status(Resource):
     isLeaf = True
@@ -22,6 +25,23 @@ class _Status(Resource):
     def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(self.node.status(), indent=2).encode("utf-8") + b"\n"
+
+
+class _Health(Resource):
+    """200 when the cluster is healthy as this host sees it, 503 otherwise: for load
+    balancers and scripts (see nodedb.health)."""
+
+    isLeaf = True
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    def render_GET(self, request):
+        health = self.node.status()["health"] or {"healthy": False, "problems": STARTING}
+        request.setResponseCode(200 if health["healthy"] else 503)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(health, indent=2).encode("utf-8") + b"\n"
 
 
 class _Metrics(Resource):
@@ -40,11 +60,12 @@ _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>nodedb {host_id}</title>
 <meta http-equiv="refresh" content="5">
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}
-th{{background:#eee}}</style></head>
+th{{background:#eee}}.down{{color:#b00;font-weight:bold}}.unhealthy{{color:#b00}}</style></head>
 <body><h1>nodedb</h1>
 <p>Cluster <code>{cluster_id}</code>, {partitions} partitions, replication factor {replicas}.
 This is host <code>{host_id}</code>. Machine-readable: <a href="/status">/status</a>,
-<a href="/metrics">/metrics</a>.</p>
+<a href="/health">/health</a>, <a href="/metrics">/metrics</a>.</p>
+<p class="{health_class}"><a href="/health">{health}</a></p>
 <table><tr><th>host</th><th>address</th><th>status</th><th>partitions</th>
 <th>unreliability</th><th>available</th><th>distance</th><th>coordinates (x, y, height)</th>
 <th>free</th></tr>
@@ -75,13 +96,13 @@ class _Page(Resource):
     def render_GET(self, request):
         status = self.node.status()
         rows = "\n".join(
-            "<tr>"
+            ("<tr>" if host["available"] else '<tr class="down">')
             + "".join(
                 f"<td>{html.escape(str(cell))}</td>"
                 for cell in (
                     host["id"],
                     host["address"],
-                    host["status"],
+                    shown_status(host),
                     host["partition_count"],
                     host["unreliability"],
                     "yes" if host["available"] else "no",
@@ -101,6 +122,8 @@ class _Page(Resource):
             partitions=cluster["partitions"],
             replicas=cluster["replicas"],
             rows=rows,
+            health=html.escape(summary(status["health"])),
+            health_class="healthy" if status["health"] and status["health"]["healthy"] else "unhealthy",
         ).encode("utf-8")
 
 
@@ -114,6 +137,7 @@ def make_admin_site(node):
     root = _Root()
     root.putChild(b"", _Page(node))
     root.putChild(b"status", _Status(node))
+    root.putChild(b"health", _Health(node))
     root.putChild(b"metrics", _Metrics(node.metrics))
     site = Site(root)
     site.displayTracebacks = False

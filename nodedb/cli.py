@@ -12,14 +12,18 @@ import os
 import re
 import sys
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.task import react
 
-from nodedb import errors
+from nodedb import errors, health
 from nodedb.security import commands as ca_commands
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+REQUEST_TIMEOUT = 10.0
+WAIT_TIMEOUT = 60.0
+#: Seconds between two looks at the cluster's health while waiting for it.
+WAIT_INTERVAL = 0.5
 _WHERE = re.compile(r"^(?P<field>[^<>=\s]+)\s*(?P<op><=|>=|<|>|=)(?P<value>.*)$", re.S)
 _WHERE_IN = re.compile(r"^(?P<field>[^<>=\s]+)\s+in\s+(?P<value>.*)$", re.S)
 
@@ -142,7 +146,11 @@ def _add_common_options(parser, default=None):
         **keep,
     )
     parser.add_argument(
-        "--timeout", type=float, help="seconds a request may take (default 10)", **(keep or {"default": 10.0})
+        "--timeout",
+        type=float,
+        help=f"seconds a request may take (default {REQUEST_TIMEOUT:g}); "
+        f"with status --wait, seconds to wait (default {WAIT_TIMEOUT:g})",
+        **keep,
     )
 
 
@@ -196,7 +204,12 @@ def build_parser():
     scan.add_argument("--limit", type=_positive, metavar="N", help="print at most N documents")
     scan.add_argument("--cursor", metavar="CURSOR", help="resume after a previous scan's cursor")
 
-    command("status", help="print the hosts of the cluster")
+    status = command("status", help="print the health and the hosts of the cluster")
+    status.add_argument(
+        "--wait",
+        choices=("healthy",),
+        help="first wait (up to --timeout) until the cluster is healthy; exit 1 if it is not by then",
+    )
 
     transaction = command(
         "transaction", help="apply the operations of a JSON file (or - for stdin) all or none"
@@ -296,10 +309,15 @@ def _ranges_text(ranges):
 
 
 async def _status(client, args):
-    status = await client.status()
+    _print_status(await client.status(), args)
+
+
+def _print_status(status, args):
     if args.json:
         _print(_dumps(status))
         return
+    if "health" in status:  # (a node from before health was reported has none)
+        _print(health.summary(status["health"]))
     rows = [("ID", "ADDRESS", "STATUS", "PARTITIONS", "INACTIVE", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES")]
     for host in status["hosts"]:
         ranges = _ranges_text(host["partitions"])
@@ -311,7 +329,7 @@ async def _status(client, args):
             (
                 host["id"],
                 host["address"],
-                host["status"],
+                health.shown_status(host),
                 ranges or "-",
                 inactive or "-",
                 f"{host['unreliability']:.2f}",
@@ -355,15 +373,50 @@ _COMMANDS = {
 }
 
 
-async def _run(reactor, args):
+async def _connected(reactor, args, command, timeout):
+    """:return: what ``command(client, args)`` returns, with a client connected for it."""
     from nodedb.client import connect
 
     tls = args.tls or os.environ.get("NODEDB_TLS", "").strip() or None
-    client = await connect(reactor, _addresses(args), timeout=args.timeout, tls=tls)
+    client = await connect(reactor, _addresses(args), timeout=timeout, tls=tls)
     try:
-        await _COMMANDS[args.command](client, args)
+        return await command(client, args)
     finally:
         await client.close()
+
+
+async def _fetch_status(client, args):
+    return await client.status()
+
+
+async def _wait_healthy(reactor, args):
+    """Look at the cluster's health every WAIT_INTERVAL until it is healthy (then print the
+    status) or the --timeout is over (then exit 1 with what is wrong). A node that cannot be
+    reached yet (it may be starting) is tried again."""
+    deadline = reactor.seconds() + args.timeout
+    while True:
+        remaining = deadline - reactor.seconds()
+        try:
+            status = await _connected(reactor, args, _fetch_status, max(min(remaining, REQUEST_TIMEOUT), WAIT_INTERVAL))
+        except (errors.Unavailable, errors.Timeout) as e:
+            problems = [f"{e.wire_name}: {e}"]
+        else:
+            found = status.get("health")
+            if found is not None and found["healthy"]:
+                _print_status(status, args)
+                return
+            problems = found["problems"] if found is not None else health.STARTING
+        if reactor.seconds() + WAIT_INTERVAL > deadline:
+            sys.stderr.write(f"nodedb: not healthy after {args.timeout:g} s: {'; '.join(problems)}\n")
+            raise SystemExit(EXIT_ERROR)
+        await task.deferLater(reactor, WAIT_INTERVAL, lambda: None)
+
+
+async def _run(reactor, args):
+    if args.command == "status" and args.wait:
+        await _wait_healthy(reactor, args)
+    else:
+        await _connected(reactor, args, _COMMANDS[args.command], args.timeout)
 
 
 def _finish(reactor, args):
@@ -398,6 +451,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "ca":  # files only: no connection, no reactor
         raise SystemExit(ca_commands.run(args))
+    if args.timeout is None:
+        args.timeout = WAIT_TIMEOUT if getattr(args, "wait", None) else REQUEST_TIMEOUT
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
     try:

@@ -17,6 +17,7 @@ from nodedb import errors
 from nodedb.config import DEFAULT_PARTITIONS, ConfigError
 from nodedb.gossip.service import GossipService, GossipTiming
 from nodedb.gossip.state import HostEntry
+from nodedb.health import cluster_health
 from nodedb.ids import IdAllocator
 from nodedb.logsync.service import LogSyncService, LogSyncTiming
 from nodedb.metrics import NodeMetrics
@@ -677,6 +678,7 @@ class NodeService(MultiService):
             },
             "ni": {"size": gossip.ni.size, "checksum": f"{gossip.ni.checksum:016x}", "rounds": self.gossip.rounds},
             "voting": self.voting.status() if self.voting is not None else None,
+            "health": cluster_health(self.voting, self._host_views()) if self.voting is not None else None,
             "replication": self.logsync.status() if self.logsync is not None else None,
             "scans": self.query.scans.status() if self.query is not None else None,
             "connections": self.transport.guard.status() if getattr(self.transport, "guard", None) else None,

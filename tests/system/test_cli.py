@@ -191,8 +191,10 @@ def test_scan_limit(cli, people):
 
 
 def test_status_prints_a_table_with_the_host(cli, node):
-    summary, *lines = ok(cli("status"))
-    # A line about Voting first: this lone node leads it and is its only voter.
+    health, summary, *lines = ok(cli("status"))
+    # The cluster's health first: a lone node is healthy but can lose nothing.
+    assert health == "healthy: can lose 0 hosts; 64/64 partitions fully replicated"
+    # Then a line about Voting: this lone node leads it and is its only voter.
     assert summary.startswith("cluster ") and f"leader {node.host_id}" in summary and f"voters {node.host_id}" in summary
     header = lines[0].split()
     assert header[:3] == ["ID", "ADDRESS", "STATUS"], lines

@@ -35,7 +35,9 @@ def test_four_nodes_join_by_seed_and_notice_a_killed_host_and_its_return(process
 
     table = run_cli("status", connect=others[0].address)
     assert table.returncode == 0, table
-    assert len(table.stdout_lines) == 6 and all(n.host_id in table.stdout for n in nodes), table
+    # The health line, the Voting line, the header and the four hosts.
+    assert len(table.stdout_lines) == 7 and all(n.host_id in table.stdout for n in nodes), table
+    assert table.stdout_lines[0].startswith(("healthy: ", "unhealthy: ")), table
 
     victim = others[1]
     watchers = [n for n in nodes if n is not victim]

@@ -8,7 +8,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
 
-from nodedb import cli
+from nodedb import cli, health
 from nodedb.ids import IdAllocator, IdLayout
 from nodedb.query.api import RequestAPI
 from nodedb.query.local import LocalQuery
@@ -74,6 +74,8 @@ class TestArgumentErrors:
             (["--timeout", "0", "status"], "--timeout must be positive"),
             (["--timeout", "soon", "status"], "invalid float value"),
             (["status", "--bogus"], "unrecognized arguments: --bogus"),
+            (["status", "--wait", "foo"], "argument --wait: invalid choice: 'foo'"),
+            (["status", "--wait", "healthy", "--timeout", "-5"], "--timeout must be positive"),
             (["insert", "user", "{bad"], "the document is not valid JSON"),
             (["insert", "user", "[1, 2]"], "the document must be a JSON object"),
             (["update", "user", "5", "3"], "the document must be a JSON object"),
@@ -109,21 +111,41 @@ class TestArgumentErrors:
 # -- data commands against a node on loopback -----------------------------------------------
 
 
+HEALTHY = {
+    "healthy": True,
+    "problems": ["partition 1 is under-replicated (1 of 2 copies live and caught up)"],
+    "partitions": 2,
+    "under_replicated": {"count": 1, "first": [1]},
+    "fault_tolerance": 0,
+}
+UNHEALTHY = {"healthy": False, "problems": ["no Voting leader", "partition 1 has no live primary"], "fault_tolerance": 0}
+
+
 @pytest.fixture
-def node_address():
+def status_document():
+    """What the node of :func:`node_address` answers to ``status``: change it at will."""
+    return {
+        "host": {"id": "abc"},
+        "hosts": [
+            {"id": "abc", "address": "127.0.0.1:1", "status": "write", "partitions": [[0, 1]], "unreliability": 0.0},
+            {"id": "def", "address": "127.0.0.1:2", "status": "read", "partitions": [[1, 1]], "unreliability": 1.0, "available": False},
+        ],
+        "health": HEALTHY,
+    }
+
+
+def serve(status_document, port=0):
+    """A node answering on loopback *port*; :return: the listening port."""
     storage = MemoryStorage()
     success_result_of(storage.open())
-    query = LocalQuery(
-        storage,
-        IdAllocator(IdLayout(), {0: 0, 1: 0}),
-        global_reactor,
-        status=lambda: {
-            "host": {"id": "abc"},
-            "hosts": [{"id": "abc", "address": "127.0.0.1:1", "status": "write", "partitions": [[0, 1]], "unreliability": 0.0}],
-        },
-    )
+    query = LocalQuery(storage, IdAllocator(IdLayout(), {0: 0, 1: 0}), global_reactor, status=lambda: status_document)
     api = RequestAPI(query, lambda: {"version": 1, "host": "abc"}, global_reactor)
-    port = global_reactor.listenTCP(0, ChannelFactory(api.dispatch), interface="127.0.0.1")
+    return global_reactor.listenTCP(port, ChannelFactory(api.dispatch), interface="127.0.0.1")
+
+
+@pytest.fixture
+def node_address(status_document):
+    port = serve(status_document)
     yield f"127.0.0.1:{port.getHost().port}"
     pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
 
@@ -169,11 +191,15 @@ async def test_data_commands(node_address, capsys, tmp_path):
     assert int(version) == 6
 
     assert await run(node_address, "status") == 0
-    table = capsys.readouterr().out.splitlines()
+    health, *table = capsys.readouterr().out.splitlines()
+    assert health == "healthy: can lose 0 hosts; 1/2 partitions fully replicated"
     assert table[0].split() == [
         "ID", "ADDRESS", "STATUS", "PARTITIONS", "INACTIVE", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES"
     ]
+    status_column = table[0].index("STATUS")
     assert table[1].split() == ["abc", "127.0.0.1:1", "write", "0-1", "-", "0.00", "yes", "-", "-"]
+    assert table[2][status_column:].startswith("read (down)  ")  # a dead host reads as down at a glance
+    assert table[2].split()[-3:] == ["no", "-", "-"]
 
 
 @pytest_twisted.ensureDeferred
@@ -206,3 +232,53 @@ async def test_an_unreachable_node_exits_1(capsys):
     assert await run(address, "status") == 1
     err = capsys.readouterr().err
     assert err.startswith("nodedb: Unavailable: cannot reach a node") and err.count("\n") == 1
+
+
+def test_the_health_line_says_what_is_wrong_or_how_much_may_fail():
+    assert health.summary(HEALTHY) == "healthy: can lose 0 hosts; 1/2 partitions fully replicated"
+    spare = {**HEALTHY, "fault_tolerance": 1, "under_replicated": {"count": 0, "first": []}, "partitions": 64}
+    assert health.summary(spare) == "healthy: can lose 1 host; 64/64 partitions fully replicated"
+    assert health.summary({**spare, "fault_tolerance": 2}).startswith("healthy: can lose 2 hosts;")
+    assert health.summary(UNHEALTHY) == "unhealthy: no Voting leader; partition 1 has no live primary"
+    assert health.summary(None) == "unhealthy: the node is still starting"
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_wait_healthy_prints_the_status_once_healthy(node_address, status_document, capsys):
+    status_document["health"] = UNHEALTHY
+    global_reactor.callLater(0.3, status_document.update, health=HEALTHY)
+    assert await run(node_address, "status", "--wait", "healthy", "--timeout", "10") == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].startswith("healthy: ") and err == ""
+    assert await run(node_address, "--json", "status", "--wait", "healthy") == 0
+    assert json.loads(capsys.readouterr().out)["health"] == HEALTHY
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_wait_healthy_times_out_with_the_problems_on_one_line(node_address, status_document, capsys):
+    status_document["health"] = UNHEALTHY
+    assert await run(node_address, "status", "--wait", "healthy", "--timeout", "0.2") == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "nodedb: not healthy after 0.2 s: no Voting leader; partition 1 has no live primary\n"
+    status_document["health"] = None  # still starting
+    assert await run(node_address, "status", "--wait", "healthy", "--timeout", "0.2") == 1
+    assert capsys.readouterr().err == "nodedb: not healthy after 0.2 s: the node is still starting\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_wait_healthy_waits_for_a_node_that_is_not_listening_yet(status_document, capsys):
+    probe = global_reactor.listenTCP(0, ChannelFactory(None), interface="127.0.0.1")
+    port_number = probe.getHost().port
+    await probe.stopListening()
+    address = f"127.0.0.1:{port_number}"
+    assert await run(address, "status", "--wait", "healthy", "--timeout", "0.2") == 1
+    assert capsys.readouterr().err.startswith("nodedb: not healthy after 0.2 s: Unavailable: cannot reach a node")
+    ports = []
+    global_reactor.callLater(0.3, lambda: ports.append(serve(status_document, port_number)))
+    try:
+        assert await run(address, "status", "--wait", "healthy", "--timeout", "10") == 0
+        assert capsys.readouterr().out.startswith("healthy: ")
+    finally:
+        for port in ports:
+            await port.stopListening()

@@ -213,16 +213,54 @@ async def test_the_admin_site(tmp_path):
         assert 'nodedb_requests_total{op="get",outcome="ok"} 1.0' in text
         assert "nodedb_database_bytes" in text and "nodedb_free_bytes" in text
 
+        code, headers, body = http_get(site, b"/health")
+        assert code == 200 and headers["content-type"] == "application/json"
+        health = json.loads(body)
+        assert health == status["health"]
+        assert health["healthy"] and health["problems"] == [] and health["fault_tolerance"] == 0
+        assert health["leader"] == node.identity["host_id"] and health["voters"] == {"have": 1, "want": 1}
+
         code, headers, body = http_get(site, b"/")
         assert code == 200 and headers["content-type"].startswith("text/html")
         page = body.decode()
         assert node.identity["host_id"] in page and node.identity["cluster_id"] in page
         assert node.address() in page
+        assert "healthy: can lose 0 hosts; 4/4 partitions fully replicated" in page
 
         code, _headers, _body = http_get(site, b"/nothing")
         assert code == 404
     finally:
         await node.stopService()
+
+
+class _UnhealthyNode:
+    """What the admin site needs of a node that sees a host down and a partition without
+    a primary."""
+
+    metrics = None
+
+    def status(self):
+        host = {
+            "id": "aaa", "address": "127.0.0.1:1", "status": "write", "partition_count": 1, "unreliability": 0.0,
+            "available": True, "distance_ms": None, "coordinate": {"x": 0, "y": 0, "height": 0}, "free_bytes": 1,
+        }
+        dead = {**host, "id": "bbb", "address": "127.0.0.1:2", "available": False, "unreliability": 1.0}
+        health = {"healthy": False, "problems": ["partition 1 has no live primary"], "fault_tolerance": 0}
+        return {"host": host, "hosts": [host, dead], "cluster": {"id": "c", "partitions": 2, "replicas": 3}, "health": health}
+
+
+def test_the_admin_site_shows_an_unhealthy_cluster_and_a_dead_host():
+    from nodedb.admin import make_admin_site
+
+    site = make_admin_site(_UnhealthyNode())
+    code, _headers, body = http_get(site, b"/health")
+    assert code == 503
+    assert json.loads(body)["problems"] == ["partition 1 has no live primary"]
+    _code, _headers, body = http_get(site, b"/")
+    page = body.decode()
+    assert "unhealthy: partition 1 has no live primary" in page
+    assert '<tr class="down"><td>bbb</td><td>127.0.0.1:2</td><td>write (down)</td>' in page
+    assert "<tr><td>aaa</td><td>127.0.0.1:1</td><td>write</td>" in page
 
 
 @pytest_twisted.ensureDeferred
