@@ -97,6 +97,8 @@ class NodeConfig:
     admin: str | None = DEFAULT_ADMIN
     replicas: int = DEFAULT_REPLICAS
     partitions: int = DEFAULT_PARTITIONS
+    #: Hosts the founder waits for before it forms the cluster (read only when bootstrapping).
+    bootstrap_expect: int = 1
     insecure: bool = False
     storage: str = "lmdb"
     max_document_size: int = 1024 * 1024
@@ -149,6 +151,8 @@ class NodeConfig:
             raise ConfigError("--partitions must be between 1 and 65536")
         if not 1 <= self.replicas <= 9:
             raise ConfigError("--replicas must be between 1 and 9")
+        if not 1 <= self.bootstrap_expect <= 1000:
+            raise ConfigError("--bootstrap-expect must be between 1 and 1000")
         if self.max_document_size < 1024:
             raise ConfigError("--max-document-size must be at least 1024 bytes")
         if self.max_frame_size < self.max_document_size + 64 * 1024:

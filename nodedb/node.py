@@ -30,6 +30,7 @@ from nodedb.security.tls import check_peer_identity
 from nodedb.reliability.service import Reliability, ReliabilitySettings, ReportingTransport
 from nodedb.transactions.service import TransactionService, TransactionSettings
 from nodedb.topology.vivaldi import direction, distance
+from nodedb.voting.formation import bootstrap_decision
 from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.policy import HostView, VotingSettings
 from nodedb.voting.service import VotingService, VotingTiming
@@ -39,7 +40,7 @@ from nodedb.wire.limits import Limits
 from nodedb.wire.transport import tcp_transport
 
 #: Meta keys that describe the cluster and this host's place in it.
-_IDENTITY_KEYS = ("host_id", "cluster_id", "partitions", "replicas", "partition_bits", "created", "held")
+_IDENTITY_KEYS = ("host_id", "cluster_id", "partitions", "replicas", "partition_bits", "created", "held", "expect")
 #: Free space is announced in steps of this many bytes, so that the NI does not change with
 #: every write.
 _FREE_SPACE_STEP = 64 * 1024 * 1024
@@ -295,20 +296,26 @@ class NodeService(MultiService):
         self.voting.install(self.api)
         self.voting.setName("voting")
         self.voting.setServiceParent(self)
+        # The founder (or a host from before voting existed) founds the group; its first
+        # decision records the cluster as it is, once the hosts it expects are present.
+        expect = self.identity["expect"]
+        if expect is None:
+            expect = 1 if self.identity["held"] else 0
         bootstrap = None
-        if self.identity["held"]:
-            # A bootstrapped host (or one from before voting existed) founds the group, and
-            # its first decision records the cluster as it is.
-            bootstrap = {
-                "op": "bootstrap",
-                "cluster": self.identity["cluster_id"],
-                "partitions": self.identity["partitions"],
-                "replicas": self.identity["replicas"],
-                "host": self.identity["host_id"],
-                "address": self.address(),
-                "at": self.reactor.seconds(),
-            }
+        if expect:
+            bootstrap = lambda: bootstrap_decision(  # noqa: E731
+                self.identity, self.address(), self.reactor.seconds(), self._present_hosts(), expect
+            )
         self.voting.start(bootstrap)
+
+    def _present_hosts(self):
+        """``{host id: address}`` of the hosts of this cluster that this one sees now."""
+        cluster = self.identity["cluster_id"]
+        return {
+            h: e.address
+            for h, e in self.gossip.state.ni.entries.items()
+            if e.cluster_id == cluster and self.reliability.is_available(h)
+        }
 
     def _address_of(self, host_id):
         entry = self.gossip.state.ni.entries.get(host_id)
@@ -478,7 +485,8 @@ class NodeService(MultiService):
         host_id = stored["host_id"] or f"{self.rng.getrandbits(48):012x}"
         if self.config.seeds:
             await self.storage.set_meta({"host_id": host_id})
-            return {**stored, "host_id": host_id, "held": [], "partition_bits": self.storage.layout.partition_bits}
+            return {**stored, "host_id": host_id, "held": [], "expect": 0, "partition_bits": self.storage.layout.partition_bits}
+        expect = self.config.bootstrap_expect
         identity = {
             "host_id": host_id,
             "cluster_id": f"{self.rng.getrandbits(64):016x}",
@@ -486,7 +494,10 @@ class NodeService(MultiService):
             "replicas": self.config.replicas,
             "partition_bits": self.storage.layout.partition_bits,
             "created": self.reactor.seconds(),
-            "held": list(range(self.config.partitions)),
+            # Founding alone, the host holds every partition from the start; waiting for
+            # --bootstrap-expect hosts, it holds what the founding decision gives it.
+            "held": list(range(self.config.partitions)) if expect <= 1 else [],
+            "expect": expect,
         }
         # Written only once the node listens (see _start): a start that fails creates nothing.
         self._unsaved_identity = True
@@ -498,10 +509,14 @@ class NodeService(MultiService):
         await self.storage.set_meta(self.identity)
         self._unsaved_identity = False
         self._log.info(
-            "bootstrapped cluster {cluster_id} with {partitions} partitions; this is host {host_id}",
+            "bootstrapped cluster {cluster_id} with {partitions} partitions; this is host {host_id}"
+            "{waiting}",
             cluster_id=self.identity["cluster_id"],
             partitions=self.identity["partitions"],
             host_id=self.identity["host_id"],
+            waiting=f"; it forms once {self.identity['expect']} hosts are present (--bootstrap-expect)"
+            if self.identity["expect"] > 1
+            else "",
         )
 
     async def _join(self):
@@ -516,6 +531,7 @@ class NodeService(MultiService):
                 "partition_bits": _checked(cluster.get("partition_bits"), int),
                 "created": self.reactor.seconds(),
                 "held": [],
+                "expect": 0,
             }
         except errors.InvalidRequest as e:
             raise ConfigError(f"the seed described its cluster badly: {e}") from None

@@ -38,7 +38,7 @@ node_config = config.NodeConfig(
     admin=None if admin == "none" else admin,
     # The other fields keep their defaults; spelled out, they are:
     #   advertise=None, seeds=[], insecure=False, storage="lmdb",
-    #   replicas=3, partitions=64 (both read only when bootstrapping),
+    #   replicas=3, partitions=64, bootstrap_expect=1 (read only when bootstrapping),
     #   max_document_size=1 MiB, max_frame_size=4 MiB, map_size=64 GiB, max_types=1000,
     #   and the connection limits (docs/running.md, "Connection limits"):
     #   max_in_flight=256, max_peer_in_flight=4096, max_connections_per_address=64,

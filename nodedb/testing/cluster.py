@@ -66,6 +66,7 @@ class SimCluster:
         voting_timing=None,
         replicas=3,
         logsync_timing=None,
+        bootstrap_expect=1,
     ):
         self.seed = seed
         self.network = SimNetwork(seed)
@@ -79,6 +80,7 @@ class SimCluster:
         self.voting_timing = voting_timing
         self.replicas = replicas
         self.logsync_timing = logsync_timing
+        self.bootstrap_expect = bootstrap_expect
         self.hosts = []
         self._clients = 0
 
@@ -124,6 +126,7 @@ class SimCluster:
             admin=None,
             remove_after=self.remove_after,
             replicas=self.replicas,
+            bootstrap_expect=self.bootstrap_expect,
         )
         host.node = make_node(
             config,

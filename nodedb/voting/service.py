@@ -107,20 +107,25 @@ class VotingService(Service):
     # -- starting ---------------------------------------------------------------------------
 
     def start(self, bootstrap=None):
-        """Load Raft's state (or start a new group); :param bootstrap: the first decision of a
-        new cluster (then this host is its only voter)."""
+        """Load Raft's state (or start a new group).
+
+        :param bootstrap: on the host that founds the cluster only: ``bootstrap()`` -> the
+            first decision of the new cluster once it can be formed (see
+            :mod:`nodedb.voting.formation`), None until then. This host is the group's only
+            voter at first; a restart before the decision was made waits for it again.
+        """
+        founding = Snapshot(0, 0, Config(frozenset({self.host_id}))) if bootstrap is not None else None
         if self.disk.exists():
             hard, log, snapshot = self.disk.load()
-            self.raft = self._raft(hard_state=hard, log=log, snapshot=snapshot)
+            self.raft = self._raft(hard_state=hard, log=log, snapshot=snapshot or founding)
             if snapshot is not None and snapshot.data is not None:
                 self.state = ClusterState.from_snapshot(snapshot.data)
                 self._state_index = snapshot.index
-        elif bootstrap is not None:
-            config = Config(frozenset({self.host_id}))
-            self.raft = self._raft(snapshot=Snapshot(0, 0, config))
-            self._bootstrap = bootstrap
         else:
-            self.raft = self._raft()  # a joiner: it waits to be added by the leader
+            # A joiner has no configuration: it waits to be added by the leader.
+            self.raft = self._raft(snapshot=founding)
+        if bootstrap is not None and self.state.cluster_id is None and not any(e.kind == "normal" for e in self.raft.log):
+            self._bootstrap = bootstrap
         if self.raft.config.voters == {self.host_id}:
             self.raft.campaign()  # the only voter needs no election timeout to lead
             self._tick_bootstrap()
@@ -161,8 +166,14 @@ class VotingService(Service):
 
     def _tick_bootstrap(self):
         if self._bootstrap is not None and self.raft.state == LEADER:
-            decision, self._bootstrap = self._bootstrap, None
-            self.raft.propose(decision)
+            decision = self._bootstrap()
+            if decision is not None:
+                self._bootstrap = None
+                self._log.info(
+                    "founding cluster {cluster} with {count} hosts", cluster=decision["cluster"],
+                    count=1 + len(decision.get("members", ())),
+                )
+                self.raft.propose(decision)
 
     def _process(self):
         """Save, then send and apply, what Raft has for us; one Ready at a time, in order."""

@@ -156,3 +156,33 @@ def test_a_host_behind_the_compacted_log_catches_up_by_snapshot_and_restarts_fro
         cluster.crash(host)
         cluster.restart(host)
         cluster.run_until(cluster.agreed, timeout=40)
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_bootstrap_expect_forms_the_cluster_with_every_expected_host(seed):
+    cluster = SimCluster(seed, bootstrap_expect=3)
+    first = cluster.add_host()
+    cluster.run(3.0)
+    # Alone, the founder waits: no cluster state, no partition, nothing to insert into.
+    assert voting(first).state.cluster_id is None
+    assert first.node.gossip.local_entry().status == "proposal"
+    cluster.start_hosts(2)
+    took = cluster.run_until(cluster.admitted, timeout=20)
+    state = voting(first).state
+    hosts = {host_id(h) for h in cluster.hosts}
+    assert set(state.members) == hosts and voting(first).raft.config.voters == hosts
+    # Three copies of every partition from the first decision, primaries spread evenly.
+    assert all(len(a.replicas) == 3 and a.epoch == 0 for a in state.assignments.values())
+    led = [sum(a.primary == h for a in state.assignments.values()) for h in hosts]
+    assert max(led) - min(led) <= 1
+    assert took < 5, f"{took:.1f}s from the last host's start until every host was admitted"
+    # The founder is lost at once: the others go on, with nothing lost.
+    client = cluster.client(hosts=cluster.hosts[1:])
+    element = cluster.wait(client.insert("item", {"n": 1}))
+    cluster.crash(first)
+    survivor = cluster.hosts[1]
+    cluster.run_until(lambda: cluster.leader() is not None and cluster.replicated(full=False), timeout=10)
+    doc, _version = cluster.wait(client.get("item", element))
+    assert doc == {"n": 1}
+    assert cluster.wait(client.insert("item", {"n": 2}))
+    assert voting(survivor).state.members.keys() == hosts
