@@ -20,6 +20,8 @@ What is implemented (Ongaro's dissertation, chapters 3, 4, 5, 9):
   quorum is the leader itself, and every voter of the new one that could win an election
   has the configuration entry and so every entry the leader committed alone; this skips the
   two-voter step, which one failure stops for good;
+- **a forced sole voter** (:meth:`Raft.force_sole_voter`), the unsafe way back for a group
+  whose majority is lost for good, as etcd's ``--force-new-cluster`` is;
 - **snapshots and log compaction**: the application hands a snapshot of its state at an
   applied index to :meth:`Raft.compact`; a follower behind the compaction point receives the
   snapshot instead of entries.
@@ -567,6 +569,25 @@ class Raft:
             raise NotLeader(self.leader)
         self._pending_config = self.last_index() + 1
         return self._propose(Entry(self.term, self.last_index() + 1, "config", new.to_data()))
+
+    def force_sole_voter(self, learners=()):
+        """Unsafe, for recovering a group whose majority is lost for good: make this member
+        the only voter (*learners* follow), at a new term, and lead at once.
+
+        Everything in this member's log becomes committed, even entries the lost majority
+        never committed; entries it committed that never reached this member are gone. The
+        members left out must be kept from stepping this group (the caller fences them): one
+        that answered at a higher term would otherwise depose this leader.
+
+        :return: the index of the new configuration's entry.
+        """
+        self.term += 1
+        self.vote = self.id
+        config = Config(frozenset({self.id}), frozenset(learners) - {self.id})
+        index = self.last_index() + 1
+        self._append([Entry(self.term, index, "config", config.to_data())])
+        self._become_leader()
+        return index
 
     def _propose(self, entry):
         if self.state != LEADER:

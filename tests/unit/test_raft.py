@@ -277,3 +277,38 @@ def test_a_restart_resumes_from_what_was_persisted():
     again = Raft("a", random.Random(2), hard_state=ready.hard_state, log=ready.entries, snapshot=Snapshot(0, 0, config))
     assert (again.term, again.vote, again.last_index()) == (node.term, node.vote, node.last_index())
     assert again.commit == node.commit == HardState(node.term, "a", 2).commit
+
+
+def test_a_forced_sole_voter_leads_a_group_whose_majority_is_gone():
+    group = Group(["a", "b", "c", "d"], voters=["a", "b", "c"])
+    leader = group.elect("a")
+    leader.propose("acknowledged")
+    group.stabilize()
+    group.nodes["a"].propose("not acknowledged")  # reaches no one: a and b are gone below
+    for gone in ("a", "b"):
+        group.isolate(gone)
+        del group.nodes[gone]
+    group.cut = set()
+    group.tick(60)
+    survivor = group.nodes["c"]
+    assert group.leader() is None  # one voter of three: never a leader again
+    term, last = survivor.term, survivor.last_index()
+    index = survivor.force_sole_voter(learners=["d"])
+    assert index == last + 1 and survivor.state == LEADER and survivor.term == term + 1
+    assert survivor.config == Config(frozenset("c"), frozenset("d"))
+    assert survivor.commit == survivor.last_index() == index + 1  # the config and the no-op
+    survivor.propose("after")
+    group.stabilize()
+    assert group.applied["c"] == group.applied["d"] == ["acknowledged", "after"]
+    assert group.nodes["d"].config == survivor.config
+
+
+def test_a_forced_sole_voter_survives_a_restart():
+    node = Raft("c", random.Random(1), snapshot=Snapshot(0, 0, Config(frozenset("abc"))))
+    node.force_sole_voter()
+    ready = node.ready()
+    node.advance(ready)
+    again = Raft("c", random.Random(2), hard_state=ready.hard_state, log=ready.entries, snapshot=Snapshot(0, 0, Config(frozenset("abc"))))
+    assert again.config.voters == {"c"} and again.commit == node.commit == 2
+    again.campaign()
+    assert again.state == LEADER and again.term == node.term + 1
