@@ -211,6 +211,11 @@ def build_parser():
         help="first wait (up to --timeout) until the cluster is healthy; exit 1 if it is not by then",
     )
 
+    recover = command(
+        "recover", help="UNSAFE: bring a cluster that lost its majority for good back through the --connect host"
+    )
+    recover.add_argument("--force", action="store_true", help="do it (without it, say what it would do)")
+
     transaction = command(
         "transaction", help="apply the operations of a JSON file (or - for stdin) all or none"
     )
@@ -349,6 +354,28 @@ def _print_status(status, args):
         _print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+#: What ``nodedb recover`` without --force says, in one line.
+RECOVER_WARNING = (
+    "recover makes the --connect host the only voter, gives every partition whose majority is gone a new "
+    "primary from its most complete live copy and removes the hosts it cannot reach for good; writes only "
+    "those hosts had are lost, and they must be wiped before they join again: add --force to do it"
+)
+
+
+async def _recover(client, args):
+    report = await client.recover()
+    if args.json:
+        _print(_dumps(report))
+        return
+    lost = report["lost"]
+    _print(
+        f"recovery {report['recovery']}: voters {', '.join(report['voters'])}; "
+        f"removed hosts {', '.join(report['removed']) or '(none)'}; "
+        f"{len(report['new_primaries'])} partitions have new primaries; "
+        + (f"{len(lost)} partitions lost every copy (partitions {', '.join(map(str, lost))})" if lost else "no partition lost every copy")
+    )
+
+
 async def _transaction(client, args):
     operations = _read_operations(args.file)
     tx = client.transaction()
@@ -369,6 +396,7 @@ _COMMANDS = {
     "delete": _delete,
     "scan": _scan,
     "status": _status,
+    "recover": _recover,
     "transaction": _transaction,
 }
 
@@ -444,6 +472,8 @@ def _check_before_connecting(args):
         _document(args.document)
     elif args.command == "scan":
         parse_where(args.where)
+    elif args.command == "recover" and not args.force:
+        raise UsageError(RECOVER_WARNING)
 
 
 def main(argv=None):

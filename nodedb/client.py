@@ -150,6 +150,12 @@ class Client:
         """:return: a Deferred that fires with the connected node's status document."""
         return self._call("status", None, idempotent=True)
 
+    def recover(self):
+        """Unsafe: recover the cluster through the connected node after its majority is lost
+        for good (see docs/running.md). :return: a Deferred that fires with the report: the
+        voters now, the hosts removed, the partitions given new primaries and those lost."""
+        return self._call("admin.recover", {"force": True})
+
     def close(self):
         """:return: a Deferred that fires once the connection is closed."""
         if self._heartbeat is not None and self._heartbeat.running:

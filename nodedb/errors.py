@@ -52,6 +52,15 @@ class ConnectionLost(Unavailable):
     applied. (It travels as Unavailable; only the end that saw the loss knows the difference.)"""
 
 
+class Fenced(Unavailable):
+    """The host was removed from its cluster by a recovery from a lost majority
+    (``nodedb recover --force``): it serves nothing until its data is wiped and it joins
+    again as a new host. The recovered cluster answers a removed host's peer requests so;
+    the removed host, once it knows, answers every request Unavailable, saying why."""
+
+    wire_name = "Fenced"
+
+
 class InvalidRequest(NodeDBError):
     """The request is malformed: wrong types, bad names, oversized documents, unknown commands."""
 
@@ -74,7 +83,7 @@ class ProtocolError(NodeDBError):
 
 _BY_WIRE_NAME = {
     cls.wire_name: cls
-    for cls in (NodeDBError, NotFound, Conflict, Timeout, Unavailable, InvalidRequest, CursorExpired, ProtocolError)
+    for cls in (NodeDBError, NotFound, Conflict, Timeout, Unavailable, Fenced, InvalidRequest, CursorExpired, ProtocolError)
 }
 
 

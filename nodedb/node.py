@@ -33,6 +33,7 @@ from nodedb.topology.vivaldi import direction, distance
 from nodedb.voting.formation import bootstrap_decision
 from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.policy import HostView, VotingSettings
+from nodedb.voting.recovery import Fence
 from nodedb.voting.service import VotingService, VotingTiming
 from nodedb.voting.state import sequence_range
 from nodedb.wire.channel import PROTOCOL_VERSION
@@ -185,6 +186,7 @@ class NodeService(MultiService):
             ReliabilitySettings(call_timeout=self.config.peer_timeout, retries=self.config.peer_retries),
         )
         self.transport = self._transport_factory(self._peer_hello, self._heartbeat)
+        watched = self.fence.watch(self.transport)  # calls that learn this host was removed
         self.transport.setName("transport")
         self.transport.serve(self.api.dispatch)
         if self.metrics is not None and getattr(self.transport, "guard", None) is not None:
@@ -194,7 +196,7 @@ class NodeService(MultiService):
         await self._save_new_identity()
         self.gossip = GossipService(
             self.reactor,
-            self.transport,
+            watched,
             self.reliability,
             self._first_entry(),
             rng=self.rng,
@@ -204,7 +206,7 @@ class NodeService(MultiService):
         )
         self.gossip.install(self.api)
         self.peer_calls = ReportingTransport(
-            self.transport, self.reliability, self.gossip.host_at, self.reactor, burst_gap=self.config.heartbeat_interval or 1.0
+            watched, self.reliability, self.gossip.host_at, self.reactor, burst_gap=self.config.heartbeat_interval or 1.0
         )
         if self.identity["cluster_id"] is None:
             await self._join()
@@ -274,6 +276,15 @@ class NodeService(MultiService):
     def _fenced(self, partition, epoch):
         if self.voting is not None:
             self.voting.request_election(partition, epoch)
+
+    def _removed_by_recovery(self, reason):
+        """A recovery removed this host (see nodedb.voting.recovery): stop serving, for good."""
+        self._log.critical("{reason} (data directory {data_dir}); this host stops serving", reason=reason,
+                           data_dir=self.config.data_dir)
+        self.storage.set_meta({"fenced": reason})
+        for service in (self.voting, self.logsync):
+            if service is not None:
+                service.stopService()
 
     def _syncing_changed(self, partitions):
         self.gossip.update_local(syncing=tuple(partitions))
@@ -452,7 +463,10 @@ class NodeService(MultiService):
             relays=self._relays,
             scan_settings=ScanSettings(idle_timeout=self.config.scan_idle_timeout),
         )
-        self.api = RequestAPI(self.query, self.hello, self.reactor, self.metrics, admit_peer=self._admit_peer)
+        self.fence = Fence(lambda: self.voting.state if self.voting else None, self._removed_by_recovery)
+        self.api = RequestAPI(
+            self.query, self.hello, self.reactor, self.metrics, admit_peer=self._admit_peer, admit_request=self.fence.admit
+        )
 
     def _start_admin(self):
         if self.config.admin is None:
@@ -472,6 +486,8 @@ class NodeService(MultiService):
         """Read this host's identity from storage; bootstrap a new cluster on an empty store
         without seeds; prepare to join when there are seeds."""
         stored = {key: self.storage.get_meta(key) for key in _IDENTITY_KEYS}
+        if self.storage.get_meta("fenced"):
+            raise ConfigError(f"{self.storage.get_meta('fenced')}; this host does not start on its old data")
         if stored["host_id"] is not None and stored["cluster_id"] is not None:
             if self.config.partitions not in (stored["partitions"], DEFAULT_PARTITIONS):
                 self._log.warn(
@@ -695,6 +711,7 @@ class NodeService(MultiService):
             "ni": {"size": gossip.ni.size, "checksum": f"{gossip.ni.checksum:016x}", "rounds": self.gossip.rounds},
             "voting": self.voting.status() if self.voting is not None else None,
             "health": cluster_health(self.voting, self._host_views()) if self.voting is not None else None,
+            "fenced": self.fence.reason,
             "replication": self.logsync.status() if self.logsync is not None else None,
             "scans": self.query.scans.status() if self.query is not None else None,
             "connections": self.transport.guard.status() if getattr(self.transport, "guard", None) else None,

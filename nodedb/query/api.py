@@ -133,10 +133,13 @@ class RequestAPI:
 
     _log = Logger()
 
-    def __init__(self, query, hello, clock, metrics=None, admit_peer=None):
+    def __init__(self, query, hello, clock, metrics=None, admit_peer=None, admit_request=None):
         self.query = query
         self._hello = hello
         self._admit_peer = admit_peer
+        #: ``admit_request(op, channel)`` raises to refuse a request (a fenced host, or one
+        #: from a host a recovery removed).
+        self._admit_request = admit_request
         self.clock = clock
         self.metrics = metrics
         self._handlers = {
@@ -151,15 +154,17 @@ class RequestAPI:
         }
         self._peer_ops = set()
 
-    def register(self, op, handler):
-        """Serve *op* (a peer operation such as ``gossip.push``) with ``handler(request)``.
+    def register(self, op, handler, client=False):
+        """Serve *op* (a peer operation such as ``gossip.push``, or with *client* one that
+        clients may send too, such as ``admin.recover``) with ``handler(request)``.
 
         Peer operations are served only on connections whose hello said ``role: peer``.
         """
         if op in self._handlers:
             raise ValueError(f"op {op!r} is already served")
         self._handlers[op] = handler
-        self._peer_ops.add(op)
+        if not client:
+            self._peer_ops.add(op)
 
     def dispatch(self, request, channel):
         """Serve one request from *channel* (see :class:`nodedb.wire.channel.Channel`)."""
@@ -171,6 +176,8 @@ class RequestAPI:
         handler = self._handlers.get(op) if type(op) is str else None
         if handler is None or (op in self._peer_ops and channel.role != "peer"):
             raise errors.InvalidRequest(f"unknown op {op!r}")
+        if self._admit_request is not None:
+            self._admit_request(op, channel)
         if self.metrics is None:
             return handler(request)
         start = self.clock.seconds()
@@ -204,6 +211,7 @@ class RequestAPI:
         if role == "peer" and self._admit_peer is not None:
             self._admit_peer(request, channel)
         channel.role = role
+        channel.peer_host = request.get("host") if role == "peer" else None
         channel.greeted = True
         return self._hello()
 

@@ -66,6 +66,9 @@ def membership_decisions(state, views, now, settings):
     for host_id, view in sorted(views.items()):
         member = state.members.get(host_id)
         if member is None:
+            if host_id in state.fenced:
+                refusals.append((host_id, "a recovery removed it; it must be wiped and join as a new host"))
+                continue
             if view.cluster_id and view.cluster_id != state.cluster_id:
                 refusals.append((host_id, f"it names cluster {view.cluster_id}, this is {state.cluster_id}"))
                 continue

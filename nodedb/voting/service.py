@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from nodedb import errors
 from nodedb.interfaces import IVoting
-from nodedb.voting import policy
+from nodedb.voting import policy, recovery
 from nodedb.voting.messages import MessageError, message_from_wire, message_to_wire
 from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.raft import LEADER, ChangeInProgress, Config, NotLeader, Raft, Snapshot
@@ -95,6 +95,8 @@ class VotingService(Service):
         self._again = False
         self._waiting = {}  # log index -> Deferred of a proposal
         self._refused = set()
+        #: A recovery (nodedb.voting.recovery) is under way: the policy waits for it.
+        self.recovering = False
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = clock
         self._policy = LoopingCall(self._run_policy)
@@ -103,6 +105,7 @@ class VotingService(Service):
     def install(self, api):
         api.register("raft.message", self._serve_message)
         api.register("voting.elect", self._serve_elect)
+        api.register("admin.recover", self._serve_recover, client=True)
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -259,7 +262,7 @@ class VotingService(Service):
     _soon = None
 
     def _run_policy(self):
-        if self.raft.state != LEADER or self.state.cluster_id is None or self.raft.commit < self.raft.last_index():
+        if self.recovering or self.raft.state != LEADER or self.state.cluster_id is None or self.raft.commit < self.raft.last_index():
             return
         now = self.clock.seconds()
         views = self.views()
@@ -296,6 +299,29 @@ class VotingService(Service):
             except (ChangeInProgress, ValueError):
                 pass
         self._process()
+
+    # -- recovery from a lost majority ------------------------------------------------------
+
+    def _serve_recover(self, request):
+        if request.get("force") is not True:
+            raise errors.InvalidRequest("admin.recover: force must be true (it may lose acknowledged writes)")
+        return defer.ensureDeferred(recovery.recover(self))
+
+    def force_sole_voter(self, learners):
+        """Make this host the only voter (see :meth:`Raft.force_sole_voter`). :return: a
+        Deferred that fires once everything this host's log held is applied."""
+        index = self.raft.force_sole_voter(learners)
+        d = self.when_applied(index + 1)  # the leader's no-op follows the configuration
+        self._process()
+        return d
+
+    def when_applied(self, index):
+        """:return: a Deferred that fires once the entry at *index* (already in the log) is
+        applied here."""
+        if self._state_index >= index:
+            return defer.succeed(index)
+        d = self._waiting[index] = defer.Deferred()
+        return d
 
     # -- failover ---------------------------------------------------------------------------
 

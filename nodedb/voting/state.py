@@ -58,6 +58,10 @@ class ClusterState:
         self.removed = {}  # host id -> when it was removed
         self.assignments = {}  # partition -> Assignment
         self.decisions = 0
+        #: Recoveries from a lost majority so far, and the hosts each one removed for good:
+        #: host id -> ``{"recovery": n, "by": host id, "at": time}``.
+        self.recoveries = 0
+        self.fenced = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -125,6 +129,8 @@ class ClusterState:
 
     def _apply_accept(self, d):
         host, address = str(d["host"]), str(d["address"])
+        if host in self.fenced:
+            return False  # removed by a recovery: it may come back only wiped, as a new host
         known = self.members.get(host)
         if known is not None and known["address"] == address:
             return False
@@ -180,6 +186,26 @@ class ClusterState:
                 changed = True
         return changed
 
+    def _apply_recover(self, d):
+        """A forced recovery (:mod:`nodedb.voting.recovery`): the partitions in ``map`` take
+        the assignment given (a new epoch, live replicas only, however many replicas that
+        drops), then the hosts in ``remove`` leave and are fenced for good."""
+        removed = [str(h) for h in d["remove"]]
+        at, by = float(d["at"]), str(d["by"])
+        for key, data in d["map"].items():
+            partition, new = int(key), Assignment.from_data(data)
+            current = self.assignments.get(partition)
+            if current is None or not current.epoch < new.epoch <= MAX_EPOCH:
+                continue
+            if any(h not in self.members or h in removed for h in new.replicas) or len(set(new.replicas)) != len(new.replicas):
+                continue
+            self.assignments[partition] = new
+        self.recoveries += 1
+        for host in removed:
+            self._apply_remove({"host": host, "at": at})
+            self.fenced[host] = {"recovery": self.recoveries, "by": by, "at": at}
+        return True
+
     # -- snapshots --------------------------------------------------------------------------
 
     def to_snapshot(self):
@@ -191,6 +217,8 @@ class ClusterState:
             "removed": self.removed,
             "map": {str(p): a.to_data() for p, a in self.assignments.items()},
             "decisions": self.decisions,
+            "recoveries": self.recoveries,
+            "fenced": self.fenced,
         }
 
     @classmethod
@@ -204,4 +232,6 @@ class ClusterState:
             state.removed = dict(data["removed"])
             state.assignments = {int(p): Assignment.from_data(a) for p, a in data["map"].items()}
             state.decisions = data["decisions"]
+            state.recoveries = data.get("recoveries", 0)
+            state.fenced = {h: dict(f) for h, f in data.get("fenced", {}).items()}
         return state

@@ -59,6 +59,8 @@ class Channel(Int32StringReceiver):
         #: Set by the serving side once the peer's hello was accepted, with the role it gave.
         self.greeted = False
         self.role = None
+        #: The host id a peer's hello gave.
+        self.peer_host = None
         self._next_id = 1
         self._pending = {}  # request id -> (Deferred, deadline)
         self.peer = None
