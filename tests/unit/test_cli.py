@@ -81,6 +81,8 @@ class TestArgumentErrors:
             (["update", "user", "5", "3"], "the document must be a JSON object"),
             (["scan", "user", "--where", "age"], "--where 'age': use FIELD=VALUE"),
             (["scan", "user", "--where", "a=1", "--where", "a=2"], "given twice"),
+            (["recover"], "writes only those hosts had are lost, and they must be wiped before they join again: add --force"),
+            (["recover", "--force", "now"], "unrecognized arguments: now"),
         ],
     )
     def test_a_malformed_command_line_exits_2_with_one_line(self, capsys, argv, message):
