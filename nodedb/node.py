@@ -279,7 +279,7 @@ class NodeService(MultiService):
 
     def _removed_by_recovery(self, reason):
         """A recovery removed this host (see nodedb.voting.recovery): stop serving, for good."""
-        self._log.critical("{reason} (data directory {data_dir}); this host stops serving", reason=reason,
+        self._log.warn("{reason} (data directory {data_dir}); this host stops serving", reason=reason,
                            data_dir=self.config.data_dir)
         self.storage.set_meta({"fenced": reason})
         for service in (self.voting, self.logsync):
