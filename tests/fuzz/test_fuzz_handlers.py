@@ -55,7 +55,7 @@ GET_WITHIN = 20.0
 #: clients' cluster).
 SHARED_PEER_OPS = frozenset({"gossip.ping", "query.forward"})
 #: The operations every node serves today; the enumeration must find at least these.
-KNOWN_CLIENT_OPS = {"hello", "insert", "get", "update", "delete", "scan", "transaction", "status", "ping"}
+KNOWN_CLIENT_OPS = {"hello", "insert", "get", "update", "delete", "scan", "transaction", "status", "ping", "admin.recover"}
 KNOWN_PEER_OPS = {
     "gossip.push", "gossip.sync", "gossip.join", "gossip.ping",
     "query.forward", "query.relay",
@@ -364,6 +364,16 @@ def _nothing(c, draw):
     return {}
 
 
+@base("admin.recover")
+def _recover(c, draw):
+    return {"force": True}
+
+
+#: Operations whose valid message a healthy cluster refuses, changing nothing: the fixture's
+#: clusters are healthy, and there is nothing to recover.
+REFUSED_WHEN_HEALTHY = {"admin.recover": "the cluster has a live majority; nothing to recover"}
+
+
 @base("gossip.push")
 def _push(c, draw):
     ni = c.node.gossip.state.ni
@@ -514,7 +524,9 @@ def test_every_valid_message_is_served(op, data, logged_errors):
     request = BASES[op](Context(fixture, index), data.draw)
     with fuzzkit.no_errors_logged(logged_errors):
         result = serve(fixture, index, op, request, "client" if client else "peer", strict=family == "shared")
-    if isinstance(result, Failure):
+    if op in REFUSED_WHEN_HEALTHY:
+        assert isinstance(result, Failure) and REFUSED_WHEN_HEALTHY[op] in str(result.value), result
+    elif isinstance(result, Failure):
         assert not result.check(errors.InvalidRequest, errors.ProtocolError), f"{op} {request} refused: {result.value}"
 
 
