@@ -343,6 +343,8 @@ def _print_status(status, args):
                 "-" if not coordinate else f"({coordinate['x'] * 1000:.1f},{coordinate['y'] * 1000:.1f},{coordinate['height'] * 1000:.1f})ms",
             )
         )
+    if status.get("fenced"):
+        _print(f"fenced: {status['fenced']}")
     voting = status.get("voting")
     if voting:
         _print(
