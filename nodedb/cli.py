@@ -321,6 +321,8 @@ def _print_status(status, args):
     if args.json:
         _print(_dumps(status))
         return
+    if status.get("fenced"):
+        _print(f"fenced: {status['fenced']}")
     if "health" in status:  # (a node from before health was reported has none)
         _print(health.summary(status["health"]))
     rows = [("ID", "ADDRESS", "STATUS", "PARTITIONS", "INACTIVE", "UNRELIABILITY", "AVAILABLE", "DISTANCE", "COORDINATES")]
@@ -343,8 +345,6 @@ def _print_status(status, args):
                 "-" if not coordinate else f"({coordinate['x'] * 1000:.1f},{coordinate['y'] * 1000:.1f},{coordinate['height'] * 1000:.1f})ms",
             )
         )
-    if status.get("fenced"):
-        _print(f"fenced: {status['fenced']}")
     voting = status.get("voting")
     if voting:
         _print(
