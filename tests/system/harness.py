@@ -551,6 +551,32 @@ class WireClient:
                 return items
 
 
+def settle_requests(client, requests, what):
+    """Send every ``(op, arguments)`` of *requests* pipelined through WireClient *client*,
+    again for those answered Unavailable (certainly not applied); :return: the ``ok`` values
+    in order. Any other error fails the test."""
+    results = [None] * len(requests)
+    left = list(range(len(requests)))
+
+    def round_trip():
+        sent = {client.request(requests[i][0], **requests[i][1]): i for i in left}
+        unavailable = []
+        for _ in range(len(sent)):
+            reply = client.receive()
+            index = sent[reply["id"]]
+            if "ok" in reply:
+                results[index] = reply["ok"]
+            elif reply["error"]["type"] == "Unavailable":
+                unavailable.append(index)
+            else:
+                raise AssertionError(f"{what}: {requests[index]} failed: {reply['error']}")
+        left[:] = unavailable
+        return not left
+
+    wait_for(round_trip, what=what, interval=0.1)
+    return results
+
+
 # -- the nodedb command ----------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ from nodedb.client import connect
 from nodedb.ids import IdLayout
 from nodedb.testing.history import ABSENT
 
-from .harness import WireClient, assert_one_line_error, run_cli, wait_for
+from .harness import WireClient, assert_one_line_error, run_cli, settle_requests, wait_for
 from .replicated import failed_over, primaries_of, start_cluster, status, wait_replicated
 
 pytestmark = pytest.mark.system
@@ -97,32 +97,6 @@ def leaders(nodes):
     everything = sorted(itertools.chain.from_iterable(led.values()))
     assert everything == list(range(PARTITIONS)), led
     return led
-
-
-def settle_requests(client, requests, what):
-    """Send every ``(op, arguments)`` of *requests* pipelined through WireClient *client*,
-    again for those answered Unavailable (certainly not applied); :return: the ``ok`` values
-    in order. Any other error fails the test."""
-    results = [None] * len(requests)
-    left = list(range(len(requests)))
-
-    def round_trip():
-        sent = {client.request(requests[i][0], **requests[i][1]): i for i in left}
-        unavailable = []
-        for _ in range(len(sent)):
-            reply = client.receive()
-            index = sent[reply["id"]]
-            if "ok" in reply:
-                results[index] = reply["ok"]
-            elif reply["error"]["type"] == "Unavailable":
-                unavailable.append(index)
-            else:
-                raise AssertionError(f"{what}: {requests[index]} failed: {reply['error']}")
-        left[:] = unavailable
-        return not left
-
-    wait_for(round_trip, what=what, interval=0.1)
-    return results
 
 
 def insert_spread(node, record_type, docs_and_near):

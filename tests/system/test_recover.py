@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from .harness import WireClient, WireError, assert_one_line_error, run_cli, wait_for
+from .harness import WireClient, WireError, assert_one_line_error, run_cli, settle_requests, wait_for
 from .replicated import start_cluster, status, wait_replicated
 
 pytestmark = pytest.mark.system
@@ -24,7 +24,8 @@ def test_recover_through_the_survivor_and_fence_the_old_hosts(processes):
     nodes = start_cluster(processes, 3)
     wait_replicated(nodes, what="three voters and three replicas of every partition")
     with nodes[0].client() as client:
-        ids = client.insert_many(RECORD_TYPE, [{"n": n} for n in range(300)])
+        # Primaries may still be moving to even out the load: Unavailable is sent again.
+        ids = settle_requests(client, [("insert", {"type": RECORD_TYPE, "doc": {"n": n}}) for n in range(300)], "inserts")
     wait_replicated(nodes, caught_up=True, what="every copy to hold every insert")
     survivor, dead = nodes[1], [nodes[0], nodes[2]]
 
