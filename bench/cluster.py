@@ -164,18 +164,28 @@ class Node:
         self.child.stop()  # closes the log
 
 
-def _get_status(host, port, timeout):
-    """GET /status (blocking, in a thread): the JSON, or None if the node does not answer."""
+def get_json(host, port, path, timeout):
+    """GET *path* of an admin site (blocking, in a thread): ``(HTTP status, JSON body)``, or
+    ``(None, None)`` if the node does not answer."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        connection.request("GET", "/status")
+        connection.request("GET", path)
         response = connection.getresponse()
         body = response.read()
     except OSError:
-        return None
+        return None, None
     finally:
         connection.close()
-    return json.loads(body) if response.status == 200 else None
+    try:
+        return response.status, json.loads(body)
+    except ValueError:
+        return response.status, None
+
+
+def _get_status(host, port, timeout):
+    """GET /status (blocking, in a thread): the JSON, or None if the node does not answer."""
+    code, view = get_json(host, port, "/status", timeout)
+    return view if code == 200 else None
 
 
 class Cluster:
