@@ -68,10 +68,26 @@ def healthy(seen):
     return seen["health"] == 200
 
 
+def knows_all(seen):
+    """Gossip has brought it every host."""
+    return up(seen) and len(seen["status"]["hosts"]) == NODES
+
+
+def has_leader(seen):
+    return up(seen) and seen["status"]["voting"] is not None and seen["status"]["voting"]["leader"] is not None
+
+
+def all_members(seen):
+    return has_leader(seen) and len(seen["status"]["voting"]["members"]) == NODES
+
+
+def all_voters(seen):
+    return has_leader(seen) and len(seen["status"]["voting"]["voters"]) == NODES
+
+
 def writable(seen):
     """Every host of the cluster listed as ``write`` or ``read``."""
-    hosts = seen["status"]["hosts"] if up(seen) else []
-    return len(hosts) == NODES and all(h["status"] in LIVE_STATUSES for h in hosts)
+    return knows_all(seen) and all(h["status"] in LIVE_STATUSES for h in seen["status"]["hosts"])
 
 
 def tolerant(seen):
@@ -79,12 +95,27 @@ def tolerant(seen):
     return health is not None and health["fault_tolerance"] >= 1
 
 
-#: The moments measured: name -> (the condition on one node's poll, which endpoint it reads).
+def on_first(condition):
+    return lambda polls: bool(polls) and condition(polls[0])
+
+
+def on_all(condition):
+    return lambda polls: len(polls) == NODES and all(condition(seen) for seen in polls)
+
+
+#: The moments measured, in the order they usually come: name -> (label, the condition on
+#: the polls of the nodes launched so far, the endpoint it reads). (a), (b) and (c) are the
+#: figures asked for; the others show where the time goes.
 MOMENTS = {
-    "up": (up, "status"),
-    "healthy": (healthy, "health"),
-    "writable": (writable, "status"),
-    "tolerant": (tolerant, "status"),
+    "first_up": ("the first node's /status answers", on_first(up), "status"),
+    "up": ("/status answers (the processes are up)", on_all(up), "status"),
+    "known": ("gossip: every node lists all 3 hosts", on_all(knows_all), "status"),
+    "leader": ("every node knows a Voting leader", on_all(has_leader), "status"),
+    "members": ("every node lists all 3 as Voting members", on_all(all_members), "status"),
+    "voters": ("every node lists 3 Voting voters", on_all(all_voters), "status"),
+    "healthy": ("(a) /health answers 200", on_all(healthy), "health"),
+    "tolerant": ("(c) health fault_tolerance >= 1", on_all(tolerant), "status"),
+    "writable": ("(b) every host listed as write or read", on_all(writable), "status"),
 }
 
 
@@ -102,42 +133,41 @@ def where(seen):
 
 
 async def launch(cluster, mode):
-    """Start the three nodes as *mode* does; :return: the monotonic time the first was launched."""
+    """Start the three nodes as *mode* does (the first is started by the caller)."""
     first = cluster.nodes[0]
-    if mode == WITH:
-        first.args += ["--bootstrap-expect", str(NODES)]
-    joiners = [Node(f"n{i}", cluster.hosts[i], cluster.work_dir, ["--seed", first.address]) for i in range(1, NODES)]
-    began = time.monotonic()
-    if mode == WITH:
-        first.start()
-    else:
-        await cluster.start_node(first)
-    for node in joiners:
+    if mode == WITHOUT:
+
+        async def serving():
+            return await cluster.status(first) is not None
+
+        await cluster.wait(serving, FORM_DEADLINE, "n0 to serve /status", first)
+    for i in range(1, NODES):
+        node = Node(f"n{i}", cluster.hosts[i], cluster.work_dir, ["--seed", first.address])
         cluster.nodes.append(node)
         node.start()
-    return began
 
 
 async def watch(cluster, began):
-    """Poll every node until each of MOMENTS held on all of them in one poll; :return:
+    """Poll the nodes launched so far until each of MOMENTS held in one poll; :return:
     ``{moment: seconds from *began*}``."""
     reached = {}
     last = []
     while len(reached) < len(MOMENTS):
-        pending = [endpoint for name, (_condition, endpoint) in MOMENTS.items() if name not in reached]
+        pending = {endpoint for name, (_label, _condition, endpoint) in MOMENTS.items() if name not in reached}
+        nodes = [node for node in cluster.nodes if node.child is not None]
         last = await defer.gatherResults(
-            [threads.deferToThread(observe, node, "health" in pending, "status" in pending) for node in cluster.nodes],
+            [threads.deferToThread(observe, node, "health" in pending, "status" in pending) for node in nodes],
             consumeErrors=True,
         )
         now = time.monotonic() - began
-        for name, (condition, _endpoint) in MOMENTS.items():
-            if name not in reached and all(condition(seen) for seen in last):
+        for name, (_label, condition, _endpoint) in MOMENTS.items():
+            if name not in reached and condition(last):
                 reached[name] = now
-        for node in cluster.nodes:
+        for node in nodes:
             if node.child.proc.poll() is not None:
                 raise BenchError(f"{node.name} exited with status {node.child.proc.returncode}:\n{node.child.tail()}")
         if now > FORM_DEADLINE and len(reached) < len(MOMENTS):
-            shown = "\n".join(f"  {node.name}: {where(seen)}" for node, seen in zip(cluster.nodes, last))
+            shown = "\n".join(f"  {node.name}: {where(seen)}" for node, seen in zip(nodes, last))
             missing = ", ".join(name for name in MOMENTS if name not in reached)
             raise BenchError(f"gave up after {FORM_DEADLINE:.0f} s waiting for {missing}; last seen:\n{shown}")
         await task.deferLater(cluster.reactor, POLL_EVERY, lambda: None)
@@ -147,8 +177,19 @@ async def watch(cluster, began):
 async def form_once(reactor, work_dir, mode):
     os.mkdir(work_dir)
     cluster = Cluster(reactor, work_dir)
+    if mode == WITH:
+        cluster.nodes[0].args += ["--bootstrap-expect", str(NODES)]
     try:
-        return await watch(cluster, await launch(cluster, mode))
+        began = time.monotonic()
+        cluster.nodes[0].start()
+        watching = defer.ensureDeferred(watch(cluster, began))
+        try:
+            await launch(cluster, mode)
+        except BaseException:
+            watching.addErrback(lambda _failure: None)
+            watching.cancel()
+            raise
+        return await watching
     finally:
         cluster.stop()
 
@@ -183,13 +224,7 @@ def report(args, summary, runs, temp_root, loads, took):
     print()
     print("seconds from launching the first process until, on all three nodes, median (min-max):")
     print(f"  {'':<52} {MODES[WITHOUT]:>28} {MODES[WITH]:>28} {'with/without':>12}")
-    labels = {
-        "up": "/status answers (the processes are up)",
-        "healthy": "(a) /health answers 200",
-        "writable": "(b) every host listed as write or read",
-        "tolerant": "(c) health fault_tolerance >= 1",
-    }
-    for name, label in labels.items():
+    for name, (label, _condition, _endpoint) in MOMENTS.items():
         without, with_ = summary[WITHOUT][name], summary[WITH][name]
         print(f"  {label:<52} {cell(without):>28} {cell(with_):>28} {with_['median'] / without['median']:>12.2f}")
     healthy_with = summary[WITH]["healthy"]["median"]
