@@ -30,7 +30,6 @@ environment and the load average at the start and at the end.
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import FORM_DEADLINE, NODES, PARTITIONS, POLL_EVERY, REPLICAS, Cluster, Node, get_json  # noqa: E402
-from single_node import BenchError, environment, positive, run_bench, runs_summary, stop_all_children  # noqa: E402
+from single_node import BenchError, environment, positive, run_bench, runs_summary  # noqa: E402
 
 from twisted.internet import defer, task, threads  # noqa: E402
 
@@ -242,27 +241,17 @@ async def bench(reactor, args, outcome):
     began = time.monotonic()
     loads = {"start": list(os.getloadavg())}
     temp_root = outcome["temp_root"] = tempfile.mkdtemp(prefix="nodedb-formation-bench-")
-    try:
-        runs = {mode: [] for mode in MODES}
-        for k in range(args.repeat):
-            order = list(MODES) if k % 2 == 0 else list(reversed(MODES))
-            for mode in order:
-                print(f"run {k + 1}/{args.repeat} {MODES[mode]} ...", end="", file=sys.stderr, flush=True)
-                r = await form_once(reactor, os.path.join(temp_root, f"run{k + 1}-{mode}"), mode)
-                runs[mode].append(r)
-                print(" " + ", ".join(f"{name} {r[name]:.2f} s" for name in MOMENTS), file=sys.stderr, flush=True)
-        loads["end"] = list(os.getloadavg())
-        report(args, summarize(runs), runs, os.path.dirname(temp_root), loads, time.monotonic() - began)
-        outcome["done"] = True
-    except BenchError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        stop_all_children()
-        if args.keep:
-            print(f"data directories and logs kept in {temp_root}", file=sys.stderr)
-        else:
-            shutil.rmtree(temp_root, ignore_errors=True)
+    runs = {mode: [] for mode in MODES}
+    for k in range(args.repeat):
+        order = list(MODES) if k % 2 == 0 else list(reversed(MODES))
+        for mode in order:
+            print(f"run {k + 1}/{args.repeat} {MODES[mode]} ...", end="", file=sys.stderr, flush=True)
+            r = await form_once(reactor, os.path.join(temp_root, f"run{k + 1}-{mode}"), mode)
+            runs[mode].append(r)
+            print(" " + ", ".join(f"{name} {r[name]:.2f} s" for name in MOMENTS), file=sys.stderr, flush=True)
+    loads["end"] = list(os.getloadavg())
+    report(args, summarize(runs), runs, os.path.dirname(temp_root), loads, time.monotonic() - began)
+    outcome["done"] = True
 
 
 def main(argv=None):
