@@ -46,7 +46,6 @@ import http.client
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -67,7 +66,6 @@ from single_node import (  # noqa: E402  (single_node also puts the working tree
     phase_figures,
     positive,
     run_bench,
-    stop_all_children,
 )
 
 from twisted.internet import defer, task, threads  # noqa: E402
@@ -164,18 +162,28 @@ class Node:
         self.child.stop()  # closes the log
 
 
-def _get_status(host, port, timeout):
-    """GET /status (blocking, in a thread): the JSON, or None if the node does not answer."""
+def get_json(host, port, path, timeout):
+    """GET *path* of an admin site (blocking, in a thread): ``(HTTP status, JSON body)``, or
+    ``(None, None)`` if the node does not answer."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        connection.request("GET", "/status")
+        connection.request("GET", path)
         response = connection.getresponse()
         body = response.read()
     except OSError:
-        return None
+        return None, None
     finally:
         connection.close()
-    return json.loads(body) if response.status == 200 else None
+    try:
+        return response.status, json.loads(body)
+    except ValueError:
+        return response.status, None
+
+
+def _get_status(host, port, timeout):
+    """GET /status (blocking, in a thread): the JSON, or None if the node does not answer."""
+    code, view = get_json(host, port, "/status", timeout)
+    return view if code == 200 else None
 
 
 class Cluster:
@@ -617,38 +625,28 @@ async def bench(reactor, args, outcome):
     began = time.monotonic()
     doc = make_document(args.doc_size)
     temp_root = outcome["temp_root"] = tempfile.mkdtemp(prefix="nodedb-cluster-bench-")
-    try:
-        runs = []
-        for k in range(args.repeat):
-            started = time.monotonic()
-            print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
-            runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc))
-            r = runs[-1]
-            if args.spare:
-                r["spare"] = await spare_once(reactor, os.path.join(temp_root, f"run{k + 1}-spare"), args, doc)
-            spare = (
-                f", spare: failover {r['spare']['failover_s']:.2f} s, removed {r['spare']['removed_s']:.2f} s, "
-                f"restored {r['spare']['restored_s']:.2f} s"
-                if args.spare
-                else ""
-            )
-            print(
-                f" {time.monotonic() - started:.1f} s (inserts {r['insert']['ops_per_s']:,.0f}/s, gets {r['get']['ops_per_s']:,.0f}/s, "
-                f"failover {r['failover']['victim_all_s']:.2f} s, caught up {r['restart']['caught_up_s']:.2f} s{spare})",
-                file=sys.stderr,
-                flush=True,
-            )
-        report(args, median_tree(runs), runs, os.path.dirname(temp_root), time.monotonic() - began)
-        outcome["done"] = True
-    except BenchError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        stop_all_children()
-        if args.keep:
-            print(f"data directories and logs kept in {temp_root}", file=sys.stderr)
-        else:
-            shutil.rmtree(temp_root, ignore_errors=True)
+    runs = []
+    for k in range(args.repeat):
+        started = time.monotonic()
+        print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
+        runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc))
+        r = runs[-1]
+        if args.spare:
+            r["spare"] = await spare_once(reactor, os.path.join(temp_root, f"run{k + 1}-spare"), args, doc)
+        spare = (
+            f", spare: failover {r['spare']['failover_s']:.2f} s, removed {r['spare']['removed_s']:.2f} s, "
+            f"restored {r['spare']['restored_s']:.2f} s"
+            if args.spare
+            else ""
+        )
+        print(
+            f" {time.monotonic() - started:.1f} s (inserts {r['insert']['ops_per_s']:,.0f}/s, gets {r['get']['ops_per_s']:,.0f}/s, "
+            f"failover {r['failover']['victim_all_s']:.2f} s, caught up {r['restart']['caught_up_s']:.2f} s{spare})",
+            file=sys.stderr,
+            flush=True,
+        )
+    report(args, median_tree(runs), runs, os.path.dirname(temp_root), time.monotonic() - began)
+    outcome["done"] = True
 
 
 def main(argv=None):

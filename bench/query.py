@@ -36,7 +36,6 @@ printed is the median of K runs (a new cluster each).
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -55,7 +54,6 @@ from single_node import (  # noqa: E402
     percentile,
     positive,
     run_bench,
-    stop_all_children,
 )
 
 
@@ -323,34 +321,24 @@ def report(args, m, runs, temp_root, took):
 async def bench(reactor, args, outcome):
     began = time.monotonic()
     temp_root = outcome["temp_root"] = tempfile.mkdtemp(prefix="nodedb-query-bench-")
-    try:
-        runs = []
-        for k in range(args.repeat):
-            started = time.monotonic()
-            load_average = os.getloadavg()
-            print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
-            r = await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args)
-            r["load_average"] = list(load_average)
-            runs.append(r)
-            txs = ", ".join(f"tx{w} {r[f'tx{w}']['tx_per_s']:,.0f}/s" for w in args.tx_partitions)
-            print(
-                f" {time.monotonic() - started:.1f} s (load {r['load']['ops_per_s']:,.0f}/s, scan {r['scan']['elements_per_s']:,.0f} elements/s, "
-                f"first page {r['scan']['first_page_ms']:.0f} ms, filtered {r['filtered_scan']['elements_per_s']:,.0f}/s, {txs})",
-                file=sys.stderr,
-                flush=True,
-            )
-        median = median_tree([{k: v for k, v in r.items() if k != "failures_by_kind"} for r in runs])
-        report(args, median, runs, os.path.dirname(temp_root), time.monotonic() - began)
-        outcome["done"] = True
-    except BenchError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        stop_all_children()
-        if args.keep:
-            print(f"data directories and logs kept in {temp_root}", file=sys.stderr)
-        else:
-            shutil.rmtree(temp_root, ignore_errors=True)
+    runs = []
+    for k in range(args.repeat):
+        started = time.monotonic()
+        load_average = os.getloadavg()
+        print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
+        r = await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args)
+        r["load_average"] = list(load_average)
+        runs.append(r)
+        txs = ", ".join(f"tx{w} {r[f'tx{w}']['tx_per_s']:,.0f}/s" for w in args.tx_partitions)
+        print(
+            f" {time.monotonic() - started:.1f} s (load {r['load']['ops_per_s']:,.0f}/s, scan {r['scan']['elements_per_s']:,.0f} elements/s, "
+            f"first page {r['scan']['first_page_ms']:.0f} ms, filtered {r['filtered_scan']['elements_per_s']:,.0f}/s, {txs})",
+            file=sys.stderr,
+            flush=True,
+        )
+    median = median_tree([{k: v for k, v in r.items() if k != "failures_by_kind"} for r in runs])
+    report(args, median, runs, os.path.dirname(temp_root), time.monotonic() - began)
+    outcome["done"] = True
 
 
 def widths(text):

@@ -539,27 +539,20 @@ async def bench(reactor, args, outcome):
     began = time.monotonic()
     doc = make_document(args.doc_size)
     temp_root = outcome["temp_root"] = tempfile.mkdtemp(prefix="nodedb-bench-")
-    try:
-        runs = []
-        for k in range(args.repeat):
-            started = time.monotonic()
-            print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
-            runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc))
-            n = runs[-1]["nodedb"]
-            print(
-                f" {time.monotonic() - started:.1f} s (inserts {n['insert']['ops_per_s']:,.0f}/s, "
-                f"gets {n['get']['ops_per_s']:,.0f}/s)",
-                file=sys.stderr,
-                flush=True,
-            )
-        report(args, median_tree(runs), runs, os.path.dirname(temp_root), time.monotonic() - began)
-        outcome["done"] = True
-    except BenchError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        stop_all_children()
-        shutil.rmtree(temp_root, ignore_errors=True)
+    runs = []
+    for k in range(args.repeat):
+        started = time.monotonic()
+        print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
+        runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc))
+        n = runs[-1]["nodedb"]
+        print(
+            f" {time.monotonic() - started:.1f} s (inserts {n['insert']['ops_per_s']:,.0f}/s, "
+            f"gets {n['get']['ops_per_s']:,.0f}/s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    report(args, median_tree(runs), runs, os.path.dirname(temp_root), time.monotonic() - began)
+    outcome["done"] = True
 
 
 def positive(text):
@@ -594,7 +587,8 @@ def check_setup(parser, args):
 
 def run_bench(bench, args, keep=False):
     """Run ``bench(reactor, args, outcome)`` under the reactor, then stop every child process
-    and remove ``outcome["temp_root"]`` (unless *keep*), however the run ended.
+    and remove ``outcome["temp_root"]`` (unless *keep*: then print where it is), however the
+    run ended. A BenchError ends it with its message and status 1.
 
     :return: the process exit status.
     """
@@ -602,22 +596,31 @@ def run_bench(bench, args, keep=False):
     # handles it itself while it runs).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     outcome = {"done": False, "temp_root": None}
+
+    async def guarded(reactor):
+        try:
+            await bench(reactor, args, outcome)
+        except BenchError as e:
+            print(f"\nerror: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+
     code = 0
     try:
-        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, args, outcome)))
+        task.react(lambda reactor: defer.ensureDeferred(guarded(reactor)))
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except KeyboardInterrupt:
         code = 130
     finally:
         stop_all_children()
-        if outcome["temp_root"] and not keep:  # also when the reactor was stopped mid-run (Ctrl-C)
+        if outcome["temp_root"] and keep:
+            print(f"data directories and logs kept in {outcome['temp_root']}", file=sys.stderr)
+        elif outcome["temp_root"]:  # also when the reactor was stopped mid-run (Ctrl-C)
             shutil.rmtree(outcome["temp_root"], ignore_errors=True)
     if code == 0 and not outcome["done"]:
         print("\ninterrupted", file=sys.stderr)
         code = 130
     return code
-
 
 if __name__ == "__main__":
     sys.exit(main())
