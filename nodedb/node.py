@@ -320,12 +320,13 @@ class NodeService(MultiService):
         self.voting.start(bootstrap)
 
     def _present_hosts(self):
-        """``{host id: address}`` of the hosts of this cluster that this one sees now."""
+        """``{host id: address}`` of the hosts of this cluster that this one sees now (a
+        joiner names no cluster until the next gossip round after its join: it counts)."""
         cluster = self.identity["cluster_id"]
         return {
             h: e.address
             for h, e in self.gossip.state.ni.entries.items()
-            if e.cluster_id == cluster and self.reliability.is_available(h)
+            if e.cluster_id in (cluster, "") and self.reliability.is_available(h)
         }
 
     def _address_of(self, host_id):
