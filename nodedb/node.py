@@ -33,7 +33,7 @@ from nodedb.topology.vivaldi import direction, distance
 from nodedb.voting.formation import bootstrap_decision
 from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.policy import HostView, VotingSettings
-from nodedb.voting.recovery import Fence
+from nodedb.voting.recovery import STILL_SERVED, Fence
 from nodedb.voting.service import VotingService, VotingTiming
 from nodedb.voting.state import sequence_range
 from nodedb.wire.channel import PROTOCOL_VERSION
@@ -466,7 +466,7 @@ class NodeService(MultiService):
         )
         self.fence = Fence(lambda: self.voting.state if self.voting else None, self._removed_by_recovery)
         self.api = RequestAPI(
-            self.query, self.hello, self.reactor, self.metrics, admit_peer=self._admit_peer, admit_request=self.fence.admit
+            self.query, self.hello, self.reactor, self.metrics, admit_peer=self._admit_peer, admit_request=self._admit_request
         )
 
     def _start_admin(self):
@@ -596,6 +596,13 @@ class NodeService(MultiService):
                 ours=ours,
             )
             raise errors.ProtocolError(f"this node belongs to cluster {ours}, not {cluster}")
+
+    def _admit_request(self, op, channel):
+        """Refuse what this host cannot serve yet (it is still joining: Voting has not
+        started) or any more (it was fenced by a recovery)."""
+        if self.voting is None and channel.role != "peer" and op not in STILL_SERVED:
+            raise errors.Unavailable("this host is still joining its cluster: try another host, or again")
+        self.fence.admit(op, channel)
 
     def _heartbeat(self, address, rtt, reply):
         if self.gossip is not None:

@@ -3,6 +3,7 @@ and re-accepted, and every host applies the same decisions in the same order."""
 
 import pytest
 
+from nodedb.errors import Unavailable
 from nodedb.testing.cluster import SimCluster
 from nodedb.testing.simulation import seeds
 from nodedb.voting.state import sequence_range
@@ -186,3 +187,14 @@ def test_bootstrap_expect_forms_the_cluster_with_every_expected_host(seed):
     assert doc == {"n": 1}
     assert cluster.wait(client.insert("item", {"n": 2}))
     assert voting(survivor).state.members.keys() == hosts
+
+
+def test_a_host_still_joining_refuses_client_requests_as_unavailable():
+    cluster = SimCluster(1)
+    joiner = cluster.add_host(seeds=["127.9.9.9:7400"])  # a seed that never answers
+    cluster.run(1.0)
+    assert joiner.node.voting is None  # still joining
+    client = cluster.client(hosts=[joiner], timeout=2.0)
+    for request in (client.insert("item", {"n": 1}), client.get("item", 1), client.scan("item")):
+        with pytest.raises(Unavailable, match="still joining"):
+            cluster.wait(request)
