@@ -138,6 +138,7 @@ class _Connection:
         self.protocols = [None, None]
         self.transports = [None, None]
         self.open = True
+        self.established = False  # both protocols told they are connected
 
 
 @implementer(IStreamServerEndpoint)
@@ -238,6 +239,7 @@ class SimNetwork:
             if not connection.open:
                 d.errback(error.ConnectionLost())
                 return
+            connection.established = True
             server.makeConnection(connection.transports[1])
             client.makeConnection(connection.transports[0])
             d.callback(client)
@@ -294,8 +296,11 @@ class SimNetwork:
             transport.disconnecting = True
 
         def lost():
-            for protocol in connection.protocols:
-                protocol.connectionLost(reason)
+            # A connection closed before it was established fails its connect attempt (see
+            # _connect); its protocols never heard of it, as with TCP.
+            if connection.established:
+                for protocol in connection.protocols:
+                    protocol.connectionLost(reason)
 
         self.clock.callLater(self.faults.min_delay if delay is None else delay, lost)
 

@@ -8,10 +8,13 @@ import math
 import random
 
 import pytest
+from twisted.internet.error import ConnectionLost
+from twisted.internet.protocol import Factory
 
 from nodedb.gossip.service import GossipTiming
+from nodedb.testing import Recorder, failure_result_of
 from nodedb.testing.cluster import SimCluster
-from nodedb.testing.simulation import Faults, seeds
+from nodedb.testing.simulation import Faults, SimNetwork, seeds
 from nodedb.topology.vivaldi import distance
 
 pytestmark = pytest.mark.usefixtures("seed_report")
@@ -206,3 +209,23 @@ def test_connections_to_a_moved_hosts_old_address_are_closed(seed):
     cluster.run_until(lambda: cluster.converged() and all(cluster.availability(host_id(mover)).values()), timeout=30)
     cluster.run(5)
     assert all(old not in h.node.transport.peer_addresses() for h in cluster.live()), cluster
+
+
+def test_a_connection_cut_before_it_is_established_is_only_a_failed_attempt():
+    """As with TCP: the attempt fails, and no protocol hears of a connection it never had (a
+    ClientService stopped meanwhile would otherwise be told of a disconnection it cannot
+    be in)."""
+    network = SimNetwork(1)
+    built = []
+
+    class Recording(Factory):
+        def buildProtocol(self, addr):
+            built.append(Recorder())
+            return built[-1]
+
+    network.server_endpoint("127.0.0.2:7400").listen(Recording())
+    attempt = network.client_endpoint("127.0.0.1:5000", "127.0.0.2:7400").connect(Recording())
+    network.crash("127.0.0.1")
+    network.run(1.0)
+    failure_result_of(attempt, ConnectionLost)
+    assert len(built) == 2 and all(p.transport is None and p.lost is None for p in built)
