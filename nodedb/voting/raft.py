@@ -292,6 +292,9 @@ class Raft:
             return
         if self.pre_vote:
             self.state = PRE_CANDIDATE
+            # It no longer believes in a leader: it grants others' pre-votes (see _in_lease),
+            # or a group whose voters all time out at once waits for their timeouts to align.
+            self.leader = None
             term = self.term + 1
             kind = PRE_VOTE
         else:

@@ -116,6 +116,21 @@ def test_pre_vote_keeps_an_isolated_member_from_raising_the_term():
     assert group.leader().id == "a" and group.nodes["a"].term == term
 
 
+def test_a_pre_candidate_grants_the_pre_vote_of_another_once_the_leader_is_gone():
+    """As in etcd, a member that started an election no longer counts itself in the old
+    leader's lease: otherwise two members that time out at about the same time refuse each
+    other until their timeouts happen to fall apart (seconds without a leader)."""
+    group = Group(["a", "b", "c"])
+    group.elect("a")
+    group.isolate("a")
+    group.nodes["c"].campaign()  # b still hears a's lease: refused
+    group.stabilize()
+    assert group.nodes["c"].state == PRE_CANDIDATE
+    group.nodes["b"].campaign()  # c has given up on a: granted
+    group.stabilize()
+    assert group.nodes["b"].state == LEADER and group.nodes["c"].leader == "b"
+
+
 def test_without_pre_vote_an_isolated_member_disrupts_on_return():
     group = Group(["a", "b", "c"], pre_vote=False, check_quorum=False)
     group.elect("a")
