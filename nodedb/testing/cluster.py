@@ -187,7 +187,8 @@ class SimCluster:
     def admitted(self):
         """:meth:`agreed`, and every member is admitted: each live host advertises ``write``
         or ``read``, the promise that losing any one of them loses no acknowledged write."""
-        return self.agreed() and all(h.node.gossip.local_entry().status in ("write", "read") for h in self.live())
+        statuses = (h.node.gossip.local_entry().status for h in self.live())
+        return all(s in ("write", "read") for s in statuses) and self.agreed()
 
     def live(self):
         return [h for h in self.hosts if h.up and h.node.gossip is not None]
@@ -260,6 +261,17 @@ class SimCluster:
         if isinstance(outcome[0], Failure):
             outcome[0].raiseException()
         return outcome[0]
+
+    def busiest_primary(self):
+        """The live host the agreed map names primary of the most partitions (None if none)."""
+        live = {h.node.identity["host_id"]: h for h in self.live()}
+        if not live:
+            return None
+        counts = {}
+        for assignment in self.live()[0].node.voting.state.assignments.values():
+            if assignment.primary in live:
+                counts[assignment.primary] = counts.get(assignment.primary, 0) + 1
+        return live[max(counts, key=lambda h: (counts[h], h))] if counts else None
 
     def primary_host(self, partition):
         """The live :class:`SimHost` the agreed map names primary of *partition*."""

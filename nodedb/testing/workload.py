@@ -16,7 +16,7 @@ history that :mod:`nodedb.testing.history` checks.
 import itertools
 from dataclasses import dataclass
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 from nodedb import errors
@@ -45,14 +45,17 @@ class Report:
 class Workload:
     """*clients* simulated clients, each doing one operation at a time on a shared set of
     elements: inserts, updates, deletes and linearizable reads, recorded with their start and
-    end times on the simulated clock."""
+    end times on the simulated clock. A client whose operation failed waits *backoff* seconds
+    before the next, as real clients do: while no host can take writes (before the cluster
+    has formed, say) it would otherwise spin on instant refusals."""
 
-    def __init__(self, cluster, rng, clients=4, record_type="item", max_elements=12):
+    def __init__(self, cluster, rng, clients=4, record_type="item", max_elements=12, backoff=0.05):
         self.cluster = cluster
         self.rng = rng
         self.clients = [cluster.client() for _ in range(clients)]
         self.record_type = record_type
         self.max_elements = max_elements
+        self.backoff = backoff
         self.keys = []
         self.history = []
         self.running = False
@@ -72,9 +75,11 @@ class Workload:
 
     async def _loop(self, index, client):
         while self.running:
-            await self._one(index, client)
+            if not await self._one(index, client):
+                await task.deferLater(self.cluster.clock, self.backoff, lambda: None)
 
     async def _one(self, index, client):
+        """One operation; :return: whether it succeeded."""
         clock = self.cluster.clock
         roll = self.rng.random()
         if not self.keys or (roll < 0.15 and len(self.keys) < self.max_elements):
@@ -83,10 +88,10 @@ class Workload:
             try:
                 key = await client.insert(self.record_type, value)
             except errors.NodeDBError:
-                return  # an insert whose id we never learnt touches no element we check
+                return False  # an insert whose id we never learnt touches no element we check
             self.keys.append(key)
             self.history.append(Operation(key, "write", value, start, clock.seconds(), True))
-            return
+            return True
         key = self.rng.choice(self.keys)
         start = clock.seconds()
         if roll < 0.55:
@@ -97,21 +102,23 @@ class Workload:
             except errors.NodeDBError:
                 ok = outcome_of(Failure())
             self.history.append(Operation(key, "write", value, start, clock.seconds(), ok))
-        elif roll < 0.6:
+            return ok is True
+        if roll < 0.6:
             try:
                 await client.delete(self.record_type, key)
                 ok = True
             except errors.NodeDBError:
                 ok = outcome_of(Failure())
             self.history.append(Operation(key, "delete", None, start, clock.seconds(), ok))
-        else:
-            try:
-                doc, _version = await client.get(self.record_type, key)
-            except errors.NotFound:
-                doc = ABSENT
-            except errors.NodeDBError:
-                return  # a failed read says nothing
-            self.history.append(Operation(key, "read", doc, start, clock.seconds(), True))
+            return ok is True
+        try:
+            doc, _version = await client.get(self.record_type, key)
+        except errors.NotFound:
+            doc = ABSENT
+        except errors.NodeDBError:
+            return False  # a failed read says nothing
+        self.history.append(Operation(key, "read", doc, start, clock.seconds(), True))
+        return True
 
     def check(self, timeout=60.0):
         """Read every element back (linearizably), then check the history.
@@ -162,25 +169,14 @@ class FaultSchedule:
         self.kinds = kinds
         self.events = []
 
-    def busiest_primary(self):
-        live = self.cluster.live()
-        counts = {}
-        for host in live:
-            state = host.node.voting.state
-            for assignment in state.assignments.values():
-                counts[assignment.primary] = counts.get(assignment.primary, 0) + 1
-            break
-        by_id = {h.node.identity["host_id"]: h for h in live}
-        ranked = sorted((c, h) for h, c in counts.items() if h in by_id)
-        return by_id[ranked[-1][1]] if ranked else self.rng.choice(live)
-
     def run(self, seconds, gap=(3.0, 6.0), outage=(2.0, 8.0)):
         cluster = self.cluster
         end = cluster.clock.seconds() + seconds
         while cluster.clock.seconds() < end:
             cluster.run(self.rng.uniform(*gap))
             kind = self.rng.choice(self.kinds)
-            victim = self.busiest_primary() if self.rng.random() < 0.7 else self.rng.choice(cluster.live())
+            busiest = cluster.busiest_primary() if self.rng.random() < 0.7 else None
+            victim = busiest or self.rng.choice(cluster.live())
             length = self.rng.uniform(*outage)
             self.events.append((round(cluster.clock.seconds(), 3), kind, victim.name, round(length, 3)))
             if kind == "join":
