@@ -26,6 +26,14 @@ def host_id(host):
     return host.node.identity["host_id"]
 
 
+def voting(host):
+    return host.node.voting
+
+
+def state_of(cluster):
+    return voting(cluster.live()[0]).state
+
+
 def forming(seed, hosts, **options):
     """*hosts* hosts started at once (the first bootstraps, the others join through it) with
     a workload running from the first moment."""
@@ -78,15 +86,7 @@ def crash_and_check(cluster, workload, victim):
     assert report.acknowledged > 0
     newcomer = cluster.add_host(seeds=[survivors[0].address])
     cluster.run_until(cluster.admitted, timeout=60)
-    assert host_id(newcomer) in cluster.leader().node.voting.state.members
-
-
-def voting(host):
-    return host.node.voting
-
-
-def state_of(cluster):
-    return voting(cluster.live()[0]).state
+    assert host_id(newcomer) in state_of(cluster).members
 
 
 def formed(seed, hosts, **options):
@@ -214,3 +214,30 @@ def test_a_second_host_lost_while_a_voter_is_replaced(seed):
     gone_id = host_id(gone)
     cluster.crash(gone)
     crash_at(cluster, workload, replacing_voter(gone_id))
+
+
+#: After the last fault heals, writes to every partition must succeed again within this.
+UNSTUCK_WITHIN = 30.0
+
+
+@pytest.mark.parametrize(
+    "seed, hosts, kinds",
+    [(seed, 3, ("crash", "partition", "pause")) for seed in seeds(4)]
+    + [(seed, hosts, ("crash", "partition", "pause", "join")) for hosts in (4, 5) for seed in seeds(2)],
+)
+def test_faults_from_the_first_second_lose_nothing_and_leave_nothing_stuck(seed, hosts, kinds):
+    """The fault schedule starts with the hosts and the workload (the first fault within 4 s,
+    while the cluster is forming), on a lossy, reordering network; afterwards every
+    acknowledged write is there, every element's history is linearizable, and once every
+    host is back, writes go through within :data:`UNSTUCK_WITHIN` and every host is admitted."""
+    cluster, workload = forming(seed, hosts, faults=Faults(drop=0.01, reorder=0.05))
+    schedule = FaultSchedule(cluster, random.Random(seed), kinds)
+    schedule.run(30.0, gap=(0.0, 4.0))
+    cluster.network.faults = Faults()
+    cluster.wait(write_every_partition(cluster, cluster.client(timeout=1.0)), timeout=UNSTUCK_WITHIN)
+    cluster.run_until(cluster.admitted, timeout=60)
+    workload.stop()
+    cluster.run_until(workload.finished, timeout=30)
+    report = workload.check()
+    assert report.lost == [], f"acknowledged writes lost: {report.lost}; faults {schedule.events}"
+    assert report.acknowledged > 50, f"the workload barely ran; faults {schedule.events}"
