@@ -270,12 +270,18 @@ class GossipService(Service):
                 except (errors.NodeDBError, EntryError) as e:
                     self._log.warn("seed {seed} did not answer the join: {error}", seed=seed, error=str(e))
                     continue
+                cluster = reply.get("cluster") or {}
+                if type(cluster) is dict and "id" in cluster and cluster["id"] is None:
+                    # A seed that is still joining itself names no cluster yet (hosts started
+                    # at once, each through the one before): ask again later.
+                    self._log.info("seed {seed} has not joined a cluster yet", seed=seed)
+                    continue
                 self.state.merge_entries(entries, decay=0)
                 self._log.info("joined through {seed}: {count} hosts known", seed=seed, count=self.state.ni.size)
                 known = {e.address for e in self.state.ni.entries.values()}
                 for other in seeds:
                     if other not in known:
                         self.transport.forget(other)
-                return reply.get("cluster") or {}
+                return cluster
             attempt += 1
             await deferLater(self.clock, min(30.0, self.timing.join_retry * attempt), lambda: None)

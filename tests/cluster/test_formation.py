@@ -241,3 +241,22 @@ def test_faults_from_the_first_second_lose_nothing_and_leave_nothing_stuck(seed,
     report = workload.check()
     assert report.lost == [], f"acknowledged writes lost: {report.lost}; faults {schedule.events}"
     assert report.acknowledged > 50, f"the workload barely ran; faults {schedule.events}"
+
+
+@pytest.mark.parametrize("seed", seeds(1))
+def test_a_host_joining_through_a_host_still_joining_joins_once_that_one_has(seed):
+    """Hosts started at once, each through the one before: the seed of the third names no
+    cluster yet when it is first asked. The third asks again, rather than failing to start
+    while it goes on gossiping (the leader would admit it and move copies to a host that
+    never takes them)."""
+    cluster = SimCluster(seed)
+    first, second = cluster.start_hosts(2)
+    cluster.network.partition([first.host], [second.host])
+    third = cluster.add_host(seeds=[second.address])
+    cluster.run(3.0)
+    assert third.node.voting is None  # its seed had no cluster to describe
+    with pytest.raises(errors.Unavailable, match="still joining"):
+        cluster.wait(cluster.client(hosts=[third]).get("item", 1))
+    cluster.network.heal()
+    cluster.run_until(cluster.admitted, timeout=60)
+    assert host_id(third) in state_of(cluster).members
