@@ -214,11 +214,12 @@ def caught_up(assignment, partition, views):
     return sum(1 for h in assignment.replicas if h in views and views[h].in_sync(partition))
 
 
-def admission_decisions(state, voters, views, settings):
-    """``admit`` decisions for the members that are now all the cluster wants them to be: a
-    voter if the group wants more voters, every partition it holds caught up, and no
-    partition short of replicas (a newcomer is what fills them). So a cluster whose members
-    are all admitted can lose any one host (see docs/voting.md)."""
+def admission_decisions(state, voters, current, views, settings):
+    """``admit`` decisions for the members that are now all the cluster wants them to be:
+    following the decisions (in *current*: its Raft log has everything committed), a voter
+    if the group wants more voters, every partition it holds caught up, and no partition
+    short of replicas (a newcomer is what fills them). So a cluster whose members are all
+    admitted can lose any one host (see docs/voting.md)."""
     target = min(state.replicas, len(state.members))
     if any(len(a.replicas) < target for a in state.assignments.values() if a.replicas or a.epoch < MAX_EPOCH):
         return []
@@ -226,7 +227,7 @@ def admission_decisions(state, voters, views, settings):
     decisions = []
     for host_id in sorted(state.members):
         view = views.get(host_id)
-        if state.admitted(host_id) or view is None or not view.available:
+        if state.admitted(host_id) or host_id not in current or view is None or not view.available:
             continue
         if host_id not in voters and len(voters) < want:
             continue

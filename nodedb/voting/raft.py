@@ -543,6 +543,11 @@ class Raft:
                 self._become_follower(self.term, None)
         return True
 
+    def current_members(self):
+        """On the leader: the members (itself included) whose log holds every committed
+        entry, so whose state is the agreed one."""
+        return {self.id} | {m for m, p in self.progress.items() if p.match >= self.commit}
+
     # -- proposals --------------------------------------------------------------------------
 
     def propose(self, data):

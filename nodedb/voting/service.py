@@ -281,7 +281,8 @@ class VotingService(Service):
                 self.raft.propose(assign)
             elif not self._electing:
                 self._balance(views)
-            for decision in policy.admission_decisions(self.state, self.raft.config.voters, views, self.settings):
+            current = self.raft.current_members()
+            for decision in policy.admission_decisions(self.state, self.raft.config.voters, current, views, self.settings):
                 self._log.info("admitting {host}: it is a voter where one is wanted and caught up", host=decision["host"])
                 self.raft.propose(decision)
         change = policy.next_config(

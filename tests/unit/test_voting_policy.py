@@ -148,20 +148,22 @@ def test_a_member_is_admitted_once_a_voter_where_wanted_and_caught_up():
     state = cluster(("a", "b", "c"))
     assert state.admitted("a") and not state.admitted("b") and not state.admitted("c")
     # Not yet: b and c hold no copies while partitions lack replicas, and they are learners.
-    assert admission_decisions(state, {"a"}, synced_views(state, "a", "b", "c"), SETTINGS) == []
+    assert admission_decisions(state, {"a"}, set("abcd"), synced_views(state, "a", "b", "c"), SETTINGS) == []
     fill(state, "a", "b", "c")
-    assert admission_decisions(state, {"a"}, synced_views(state, "a", "b", "c"), SETTINGS) == []
+    assert admission_decisions(state, {"a"}, set("abcd"), synced_views(state, "a", "b", "c"), SETTINGS) == []
     # Voters, but c has not caught up.
-    decisions = admission_decisions(state, set("abc"), synced_views(state, "a", "b", "c", syncing="c"), SETTINGS)
+    decisions = admission_decisions(state, set("abc"), set("abcd"), synced_views(state, "a", "b", "c", syncing="c"), SETTINGS)
     assert decisions == [{"op": "admit", "host": "b"}]
-    for decision in admission_decisions(state, set("abc"), synced_views(state, "a", "b", "c"), SETTINGS):
+    for decision in admission_decisions(state, set("abc"), set("abcd"), synced_views(state, "a", "b", "c"), SETTINGS):
         assert state.apply(decision)
     assert all(state.admitted(h) for h in "abc")
-    assert admission_decisions(state, set("abc"), synced_views(state, "a", "b", "c"), SETTINGS) == []
+    assert admission_decisions(state, set("abc"), set("abcd"), synced_views(state, "a", "b", "c"), SETTINGS) == []
     # A fourth host is admitted at once: three voters are what four members want, and no
     # partition lacks a replica (it gets copies by rebalancing later).
     state.apply({"op": "accept", "host": "d", "address": "d:1", "at": 1.0})
-    assert admission_decisions(state, set("abc"), synced_views(state, *"abcd"), SETTINGS) == [{"op": "admit", "host": "d"}]
+    assert admission_decisions(state, set("abc"), set("abcd"), synced_views(state, *"abcd"), SETTINGS) == [{"op": "admit", "host": "d"}]
+    # Not while its Raft log lacks committed decisions: it would not hold the agreed state.
+    assert admission_decisions(state, set("abc"), set("abc"), synced_views(state, *"abcd"), SETTINGS) == []
 
 
 def test_admission_survives_a_snapshot_and_a_new_address():
