@@ -201,7 +201,7 @@ class SimCluster:
             return False
         voting = leader.node.voting
         wanted = voter_count(len(voting.state.members), voting.settings.max_voters)
-        if len(voting.raft.config.voters) != wanted or voting._electing or not self.admitted():
+        if len(voting.raft.config.voters) != wanted or voting._electing or voting._moving or not self.admitted():
             return False
         # The leader's picture has caught up too (it plans from it): no planned move is due.
         views = leader.node._host_views()

@@ -77,7 +77,10 @@ class VotingService(Service):
         self.clock = clock
         self.elect = elect
         self.handoff = handoff
-        self._electing = set()  # partitions whose election is under way
+        self._electing = set()  # partitions whose failover election is under way
+        # Partitions whose planned primary move is under way: a failover still goes ahead if
+        # their primary dies meanwhile (the move's hand-off would only time out).
+        self._moving = set()
         self._wanted = {}  # partition -> epoch whose primary asked for an election
         self.host_id = host_id
         self.transport = transport
@@ -279,7 +282,7 @@ class VotingService(Service):
             assign = policy.assignment_decision(self.state, views, self.settings)
             if assign is not None:
                 self.raft.propose(assign)
-            elif not self._electing:
+            elif not self._electing and not self._moving:
                 self._balance(views)
             current = self.raft.current_members()
             for decision in policy.admission_decisions(self.state, self.raft.config.voters, current, views, self.settings):
@@ -375,7 +378,7 @@ class VotingService(Service):
             return
         for partition, host in sorted(policy.primary_moves(self.state, views, self.settings).items()):
             assignment = self.state.assignments[partition]
-            self._electing.add(partition)
+            self._moving.add(partition)
             d = self._handoff(partition, assignment, host)
             requests = {partition: (assignment.epoch + 1, assignment.replicas)}
             down = {h for h, view in views.items() if not view.available}
@@ -384,7 +387,7 @@ class VotingService(Service):
             d.addCallback(self._elected, requests)
             d.addErrback(lambda failure, p=partition: self._log.info(
                 "moving the primary of partition {p} did not happen: {why}", p=p, why=failure.getErrorMessage()))
-            d.addBoth(lambda _, p=partition: self._electing.discard(p))
+            d.addBoth(lambda _, p=partition: self._moving.discard(p))
 
     def _handoff(self, partition, assignment, host):
         arguments = {"p": partition, "e": assignment.epoch, "to": host}

@@ -77,6 +77,7 @@ def crash_and_check(cluster, workload, victim):
     survivors = cluster.live()
     cluster.wait(write_every_partition(cluster, cluster.client(hosts=survivors, timeout=1.0)), timeout=60)
     resumed = cluster.clock.seconds() - crashed_at
+    print(f"writes to every partition resumed {resumed:.2f} s after {victim.name} crashed")
     assert resumed <= RESUME_WITHIN, f"writes stopped for {resumed:.1f} s after {victim.name} crashed ({cluster})"
     cluster.run(2.0)
     workload.stop()
