@@ -281,7 +281,9 @@ class NodeService(MultiService):
         """A recovery removed this host (see nodedb.voting.recovery): stop serving, for good."""
         self._log.warn("{reason} (data directory {data_dir}); this host stops serving", reason=reason,
                            data_dir=self.config.data_dir)
-        self.storage.set_meta({"fenced": reason})
+        self.storage.set_meta({"fenced": reason}).addErrback(
+            lambda failure: self._log.failure("could not record that this host was fenced", failure)
+        )
         for service in (self.voting, self.logsync):
             if service is not None:
                 service.stopService()
