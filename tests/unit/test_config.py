@@ -134,6 +134,8 @@ class TestNodeConfig:
             ({"partitions": 65537}, "--partitions"),
             ({"replicas": 0}, "--replicas"),
             ({"replicas": 10}, "--replicas"),
+            ({"bootstrap_expect": 0}, "--bootstrap-expect"),
+            ({"bootstrap_expect": 1001}, "--bootstrap-expect"),
             ({"max_document_size": 1023}, "--max-document-size"),
             ({"max_document_size": 1024 * 1024, "max_frame_size": 1024 * 1024 + 65535}, "--max-frame-size"),
             ({"seeds": ["127.0.0.1:7400", "nope"]}, "--seed: not a HOST:PORT address: 'nope'"),
