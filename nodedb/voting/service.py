@@ -217,7 +217,9 @@ class VotingService(Service):
             self.raft.compact(self.raft.applied, self.state.to_snapshot())
         if changed and self.on_change is not None:
             self.on_change(self.state)
-        if ready.committed and self.raft.state == LEADER:
+        # A decision that changed nothing (it no longer fitted) is not followed at once by
+        # another look: the same proposal again would loop on synced commits.
+        if self.raft.state == LEADER and (changed or any(e.kind == "config" for e in ready.committed)):
             self._run_policy_soon()
         self._again = False
         self._process()
