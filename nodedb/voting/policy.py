@@ -204,8 +204,7 @@ def assignment_decision(state, views, settings):
     if not changes:
         changes = _drop_extra(state, views, target, settings)
     if not changes:
-        available = {h for h, view in views.items() if view.available}
-        changes = _rebalance(state, candidates, available, target, settings)
+        changes = _rebalance(state, candidates, views, target, settings)
     return {"op": "assign", "map": changes} if changes else None
 
 
@@ -268,10 +267,12 @@ def _drop_extra(state, views, target, settings):
     return changes
 
 
-def _rebalance(state, candidates, available, target, settings):
+def _rebalance(state, candidates, views, target, settings):
     """Move follower replicas from the host with the most to the hosts with the fewest (a new
     host gets its share): the new replica is added first, and the old one is dropped only
-    once the new one has caught up (:func:`_drop_extra`). Primaries move only by failover."""
+    once the new one has caught up (:func:`_drop_extra`). Only full replica sets whose every
+    replica is caught up move: adding a replica is a change of the set, under the same rule
+    as filling it (see :func:`assignment_decision`)."""
     if any(len(a.replicas) > target for a in state.assignments.values()):
         return {}  # one move at a time
     assignments = dict(state.assignments)
@@ -290,9 +291,10 @@ def _rebalance(state, candidates, available, target, settings):
                 if busiest in assignments[p].replicas[1:]
                 and idlest not in assignments[p].replicas
                 and str(p) not in changes
-                # A set with a host that is down would need the newcomer for a majority until
-                # it caught up, and the move could not finish: wait for the host, or its removal.
-                and all(h in available for h in assignments[p].replicas)
+                # A set with a host that is down (or behind) would need the newcomer for a
+                # majority until it caught up, and the move could not finish: wait for it.
+                and len(assignments[p].replicas) == target
+                and caught_up(assignments[p], p, views) == target
             ]
             if movable:
                 break

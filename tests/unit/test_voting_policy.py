@@ -69,6 +69,17 @@ def test_a_replica_set_grows_one_replica_per_decision_once_its_majority_caught_u
     assert all(len(a.replicas) == 3 for a in state.assignments.values())
 
 
+def test_a_set_whose_second_copy_has_not_caught_up_is_not_grown_by_rebalancing_either():
+    # The chaos campaign's seed 174: every set was {a, b} with b behind (it had been killed);
+    # the fill waited, but the rebalance "moved" b's follower copies to c by adding c first,
+    # and a's death then left {b, c} (neither holding a's acknowledged writes) to elect from.
+    state = cluster(("a", "b", "c"), partitions=8)
+    set_map(state, {p: ("a", "b") for p in range(8)})
+    assert assignment_decision(state, synced_views(state, "a", "b", "c", syncing="b"), SETTINGS) is None
+    decision = assignment_decision(state, synced_views(state, "a", "b", "c"), SETTINGS)
+    assert all(replicas == ["a", "b", "c"] for replicas, _epoch in decision["map"].values())
+
+
 def test_the_state_refuses_a_replica_set_that_changes_by_more_than_one():
     state = cluster(("a", "b", "c"))
     assert not state.apply({"op": "assign", "map": {"0": [["a", "b", "c"], 0]}})
