@@ -276,7 +276,8 @@ def chaos_run(processes, seed, seconds=25.0, kinds=KINDS, rate=RATE, in_flight=I
             result.problems += cluster_report(nodes)
         records = load.stop()
         result.operations = Counter({True: "ok", False: "failed", None: "unknown"}[r["ok"]] for r in records)
-        check_history_of(result, load, records, nodes[seed % NODES])
+        writable = [node for node in nodes if node.name not in stuck] or nodes
+        check_history_of(result, load, records, writable[seed % len(writable)])
     finally:
         if network is not None:
             network.__exit__(None, None, None)
