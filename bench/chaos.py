@@ -35,7 +35,7 @@ from tests.system.harness import ProcessGroup  # noqa: E402
 
 COLUMNS = (
     ("seed", 6), ("kill", 5), ("stop", 5), ("cut", 5), ("ok", 7), ("failed", 7), ("unknown", 8),
-    ("lost", 5), ("viol.", 6), ("stuck", 6), ("exited", 7), ("secs", 6),
+    ("lost", 5), ("viol.", 6), ("stuck", 6), ("errors", 7), ("secs", 6),
 )
 
 
@@ -47,7 +47,7 @@ def figures(result):
     return [
         result.faults["kill"], result.faults["stop"], result.faults["cut"],
         result.operations["ok"], result.operations["failed"], result.operations["unknown"],
-        result.lost, result.violations, result.stuck, result.exits,
+        result.lost, result.violations, result.stuck, result.errors,
     ]
 
 

@@ -166,6 +166,7 @@ class Nemesis:
 
     def all_serve(self):
         """Whether every node serves requests (those started during the run included)."""
+        self._notice_exits()
         return all([self._serves(node) for node in self.nodes])
 
     def _serves(self, node):
@@ -201,19 +202,19 @@ class RunResult:
     lost: int = 0
     violations: int = 0
     stuck: int = 0
-    exits: int = 0
+    errors: int = 0  # hosts that exited by themselves, and tracebacks or errors in logs
     problems: list = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def failed(self):
-        return bool(self.lost or self.violations or self.stuck or self.exits)
+        return bool(self.lost or self.violations or self.stuck or self.errors)
 
     def report(self):
         """Everything needed to understand and replay the run."""
         lines = [
             f"chaos run seed {self.seed}: lost {self.lost}, violations {self.violations}, stuck {self.stuck}, "
-            f"hosts that exited {self.exits}; faults {dict(self.faults)}; operations {dict(self.operations)}",
+            f"errors {self.errors}; faults {dict(self.faults)}; operations {dict(self.operations)}",
             f"replay: python bench/chaos.py --first-seed {self.seed} --runs 1",
             "schedule: " + ", ".join(map(str, self.schedule)),
             *(["cut stood in by SIGSTOP: " + self.cut_off] if self.cut_off != "cut" else []),
@@ -263,7 +264,7 @@ def chaos_run(processes, seed, seconds=25.0, kinds=KINDS, rate=RATE, in_flight=I
             wait_for(nemesis.tick, timeout=seconds + 2 * TIMEOUT, what="the fault schedule", interval=0.05)
             wait_for(nemesis.all_serve, what="every host to serve")
         finally:
-            result.events, result.faults, result.exits = nemesis.events, nemesis.applied, len(nemesis.exits)
+            result.events, result.faults = nemesis.events, nemesis.applied
             result.problems += nemesis.exits
         stuck = unwritable(nodes, deadline=nemesis.healed_at + STUCK_AFTER)
         if stuck:
@@ -278,6 +279,9 @@ def chaos_run(processes, seed, seconds=25.0, kinds=KINDS, rate=RATE, in_flight=I
         result.operations = Counter({True: "ok", False: "failed", None: "unknown"}[r["ok"]] for r in records)
         writable = [node for node in nodes if node.name not in stuck] or nodes
         check_history_of(result, load, records, writable[seed % len(writable)])
+        logged = [f"{node.name}: {line}" for node in nodes for line in node.problems_of_every_run()]
+        result.errors = len(nemesis.exits) + len(logged)
+        result.problems += logged[:20]
     finally:
         if network is not None:
             network.__exit__(None, None, None)

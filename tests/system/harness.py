@@ -189,6 +189,11 @@ def read_log(path):
     return text
 
 
+def problem_lines(text):
+    """The lines of log *text* that tell of a traceback or an error/critical event."""
+    return [line for line in text.splitlines() if TRACEBACK in line or _ERROR_LEVELS.search(line)]
+
+
 def accept_queue(host, port):
     """How many connections wait in the accept queue of the socket listening on *host*:*port*
     (Linux: the ``rx_queue`` of a LISTEN socket in /proc/net/tcp); None if there is none."""
@@ -381,8 +386,11 @@ class NodeProcess:
 
     def problems(self, since=0):
         """Tracebacks and error/critical lines in the log after *since*."""
-        text = self.log_since(since)
-        return [line for line in text.splitlines() if TRACEBACK in line or _ERROR_LEVELS.search(line)]
+        return problem_lines(self.log_since(since))
+
+    def problems_of_every_run(self):
+        """Tracebacks and error/critical lines in the logs of every run so far."""
+        return [line for path in self.log_paths() if path.suffix == ".log" for line in problem_lines(read_log(path))]
 
     def describe(self, lines=60):
         tail = self.log().splitlines()[-lines:]
