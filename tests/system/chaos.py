@@ -35,8 +35,9 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import takewhile
 
-from .harness import TIMEOUT, ConnectionClosed, NodeFailed, WaitTimeout, WireClient, wait_for
+from .harness import TIMEOUT, TRACEBACK, ConnectionClosed, NodeFailed, WaitTimeout, WireClient, read_log, wait_for
 from .load_history import LAYOUT, LoadRun, read_back_and_check
 from .netcut import VICTIM_UID, VictimNode, private_network_or_reason
 from .replicated import PARTITIONS, status
@@ -57,6 +58,7 @@ HOLD = (0.5, 6.0)
 #: The first fault comes within this many seconds of the joins' start.
 FIRST_GAP = (0.0, 1.0)
 PROBE_TYPE = "chaos_probe"
+_ADDRESS = re.compile(r"(?<=\d):\d+\b")  # a port in an error line, so that repeats count as one
 _LOG_EXCERPT = re.compile(r"changing the group|elected|leader|Unavailable|stuck|Traceback|#error|#critical", re.I)
 
 
@@ -279,9 +281,9 @@ def chaos_run(processes, seed, seconds=25.0, kinds=KINDS, rate=RATE, in_flight=I
         result.operations = Counter({True: "ok", False: "failed", None: "unknown"}[r["ok"]] for r in records)
         writable = [node for node in nodes if node.name not in stuck] or nodes
         check_history_of(result, load, records, writable[seed % len(writable)])
-        logged = [f"{node.name}: {line}" for node in nodes for line in node.problems_of_every_run()]
-        result.errors = len(nemesis.exits) + len(logged)
-        result.problems += logged[:20]
+        logged = {node.name: node.problems_of_every_run() for node in nodes}
+        result.errors = len(nemesis.exits) + sum(len(lines) for lines in logged.values())
+        result.problems += logged_summary(logged, nodes)
     finally:
         if network is not None:
             network.__exit__(None, None, None)
@@ -336,6 +338,23 @@ def probe(node, partitions, timeout):
     except (OSError, ConnectionClosed) as e:
         error = repr(e)  # a node that cannot be reached or hangs up took none of the writes left
     return written, error
+
+
+def logged_summary(logged, nodes):
+    """The distinct error lines *logged* (``{node name: lines}``), counted, with the first
+    traceback of each node in full."""
+    lines = []
+    for node in nodes:
+        distinct = Counter(_ADDRESS.sub("*", line.split(" ", 1)[-1]) for line in logged[node.name] if TRACEBACK not in line)
+        lines += [f"{node.name} logged {count} times: {line}" for line, count in distinct.most_common(5)]
+        for path in node.log_paths():
+            text = read_log(path)
+            if TRACEBACK in text:
+                block = text[text.index(TRACEBACK) :].splitlines()
+                first = [block[0], *takewhile(lambda line: line.strip() and line.startswith("\t"), block[1:])]
+                lines += [f"{node.name}: first traceback ({path.name}):", *first[:30]]
+                break
+    return lines
 
 
 def cluster_report(nodes):
