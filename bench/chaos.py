@@ -16,7 +16,8 @@ acknowledged writes and violations (non-linearizable elements, versions that dis
 acknowledgements, inserts applied twice).
 
 It prints a row per run as it ends, the report of each failing run (seed, fault schedule,
-what was found, how to replay it), and the totals. Exit status 1 if any run failed.
+what was found, how to replay it) or why it could not be carried out, and the totals. Exit
+status 1 if any run failed.
 """
 
 import argparse
@@ -60,6 +61,8 @@ def main(argv=None):
     parser.add_argument("--rate", type=positive, default=RATE, help=f"load operations per second (default {RATE})")
     parser.add_argument("--keep", action="store_true", help="keep every run's directory (failing runs' are always kept)")
     args = parser.parse_args(argv)
+    if not args.seconds > 0:
+        parser.error("--seconds: must be more than 0")
     kinds = tuple(args.kinds.split(","))
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
@@ -79,6 +82,10 @@ def main(argv=None):
         processes = ProcessGroup(directory)
         try:
             result = chaos_run(processes, seed, args.seconds, kinds, rate=args.rate)
+        except AssertionError as e:  # the harness could not carry the run out (a node never started...)
+            failed.append(seed)
+            print(f"{seed:>6}  the run could not be carried out: {e}\n    logs: {directory}", flush=True)
+            continue
         finally:
             processes.cleanup()
         values = figures(result)
