@@ -189,6 +189,11 @@ def read_log(path):
     return text
 
 
+def problem_lines(text):
+    """The lines of log *text* that tell of a traceback or an error/critical event."""
+    return [line for line in text.splitlines() if TRACEBACK in line or _ERROR_LEVELS.search(line)]
+
+
 def accept_queue(host, port):
     """How many connections wait in the accept queue of the socket listening on *host*:*port*
     (Linux: the ``rx_queue`` of a LISTEN socket in /proc/net/tcp); None if there is none."""
@@ -286,19 +291,34 @@ class NodeProcess:
         self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout=TIMEOUT):
-        def ready():
-            match = _READY.search(self.log())
-            if match:
-                return match
-            if self.process.poll() is not None:
-                raise NodeFailed(f"{self.name} exited with status {self.process.returncode} before it was ready\n{self.describe()}")
-            return None
+    def reserve_ports(self):
+        """Choose the ports now rather than at the first start, so that :attr:`address` is
+        known before the node runs (for clients started before it)."""
+        self.port = free_port(self.host)
+        if self.admin_port is not None:
+            self.admin_port = free_port(self.host)
+        self.address = f"{self.host}:{self.port}"
 
+    def ready_now(self):
+        """Whether the current run logged that it serves requests (without waiting).
+
+        :raise NodeFailed: if it exited before that.
+        """
+        match = _READY.search(self.log())
+        if match:
+            self._ready(match)
+            return True
+        if self.process.poll() is not None:
+            raise NodeFailed(f"{self.name} exited with status {self.process.returncode} before it was ready\n{self.describe()}")
+        return False
+
+    def wait_ready(self, timeout=TIMEOUT):
         try:
-            match = wait_for(ready, timeout, f"{self.name} to be ready")
+            wait_for(self.ready_now, timeout, f"{self.name} to be ready")
         except WaitTimeout as e:
             raise NodeFailed(f"{e}\n{self.describe()}") from None
+
+    def _ready(self, match):
         self.host_id = match["host_id"]
         self.address = match["address"]
         self.port = int(self.address.rsplit(":", 1)[1])
@@ -366,8 +386,11 @@ class NodeProcess:
 
     def problems(self, since=0):
         """Tracebacks and error/critical lines in the log after *since*."""
-        text = self.log_since(since)
-        return [line for line in text.splitlines() if TRACEBACK in line or _ERROR_LEVELS.search(line)]
+        return problem_lines(self.log_since(since))
+
+    def problems_of_every_run(self):
+        """Tracebacks and error/critical lines in the logs of every run so far."""
+        return [line for path in self.log_paths() if path.suffix == ".log" for line in problem_lines(read_log(path))]
 
     def describe(self, lines=60):
         tail = self.log().splitlines()[-lines:]
