@@ -39,6 +39,10 @@ class GossipTiming:
     join_retry: float = 2.0
 
 
+#: Fields of this host's own entry whose change is pushed at once (see ``_push_soon``).
+_TOLD_AT_ONCE = frozenset({"status", "partitions", "syncing", "cluster_id"})
+
+
 @implementer(IGossip)
 class GossipService(Service):
     """
@@ -86,7 +90,25 @@ class GossipService(Service):
         return self.state.local
 
     def update_local(self, **fields):
-        return self.state.update_local(self.clock.seconds(), **fields)
+        entry = self.state.update_local(self.clock.seconds(), **fields)
+        if self.running and _TOLD_AT_ONCE & fields.keys():
+            self._push_soon()
+        return entry
+
+    def _push_soon(self):
+        """Push this host's entry to a few peers now rather than at the next round: what it
+        holds and has caught up on is what the Voting leader admits it by and what health
+        counts copies by. Between rounds, rumours keep their decay."""
+        if self._soon is None or not self._soon.active():
+            self._soon = self.clock.callLater(0, self._push_now)
+
+    _soon = None
+
+    def _push_now(self):
+        peers = [h for h in self.state.peers() if self.reliability.is_available(h)]
+        message = self.state.push_message()
+        for host_id in self.rng.sample(peers, min(self.state.settings.fanout, len(peers))):
+            self._push(host_id, message)
 
     def hosts(self):
         others = sorted((e for h, e in self.state.ni.entries.items() if h != self.state.host_id), key=lambda e: e.host_id)
@@ -109,6 +131,8 @@ class GossipService(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
 
     # -- rounds -----------------------------------------------------------------------------
 
