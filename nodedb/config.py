@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from nodedb.errors import InvalidRequest
+from nodedb.wire.address import format_address, parse_address
 from nodedb.wire.limits import Limits
 
 DEFAULT_LISTEN = "tcp:7400:interface=127.0.0.1"
@@ -66,24 +67,6 @@ def endpoint_address(description):
     if host in ("", "0.0.0.0", "::"):
         raise ConfigError(f"{description!r} listens on every interface: give --advertise HOST:PORT")
     return format_address(host, int(args[0]))
-
-
-def format_address(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def parse_address(text):
-    """``"host:port"`` (or ``"[v6]:port"``) as ``(host, port)``.
-
-    :raise InvalidRequest: if *text* is not of that form.
-    """
-    if type(text) is not str:
-        raise InvalidRequest(f"not an address: {text!r}")
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidRequest(f"not a HOST:PORT address: {text!r}")
-    return host, int(port)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from zope.interface import implementer
 
 from nodedb import errors
 from nodedb.security.ca import CAError, load_tls_directory
+from nodedb.wire.address import parse_address
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 
@@ -111,8 +112,6 @@ def check_peer_identity(transport, address):
 
     :raise ProtocolError: if the certificate is missing or names another host.
     """
-    from nodedb.config import parse_address
-
     certificate = peer_certificate(transport)
     if certificate is None:
         raise errors.ProtocolError("a peer must present a certificate")

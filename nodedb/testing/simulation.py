@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint, ISt
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
-from nodedb.config import parse_address
+from nodedb.wire.address import parse_address
 
 
 _AFTER = 1e-9

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nodedb import errors
-from nodedb.config import parse_address
+from nodedb.wire.address import parse_address
 from nodedb.wire.channel import DEFAULT_MAX_FRAME, Channel
 
 #: How often calls are checked against their deadlines.

@@ -13,8 +13,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nodedb.config import parse_address
 from nodedb.interfaces import IPeerTransport
+from nodedb.wire.address import parse_address
 from nodedb.wire.channel import DEFAULT_MAX_FRAME
 from nodedb.wire.connection import CONNECT_TIMEOUT, SWEEP_INTERVAL, ChannelFactory, PersistentConnection
 from nodedb.wire.limits import ConnectionGuard, Limits, raise_open_files_limit

@@ -8,12 +8,11 @@ from nodedb.config import (
     ConfigError,
     NodeConfig,
     endpoint_address,
-    format_address,
     is_private_endpoint,
-    parse_address,
     split_endpoint,
 )
 from nodedb.errors import InvalidRequest
+from nodedb.wire.address import format_address, parse_address
 
 
 class TestSplitEndpoint:
