@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from twisted.internet import defer, task
 
 from nodedb import errors
-from nodedb.wire import codec
+from nodedb import codec
 from nodedb.wire.channel import DEFAULT_MAX_FRAME, hello_request
 from nodedb.wire.connection import PersistentConnection, tcp_endpoints
 

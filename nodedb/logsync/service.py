@@ -32,7 +32,7 @@ from nodedb.interfaces import ILogSync
 from nodedb.logsync.state import PrimaryProgress, choose_primary, majority
 from nodedb.storage import MORE, Append, LogEntry, Load, Promise, Reset, Truncate
 from nodedb.storage.apply import epoch_at
-from nodedb.wire import codec
+from nodedb import codec
 
 
 _LAYOUT = IdLayout()

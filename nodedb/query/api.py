@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from nodedb import errors
 from nodedb.ids import check_element_id
-from nodedb.wire import codec
+from nodedb import codec
 from nodedb.wire.channel import PROTOCOL_VERSION
 
 MAX_TRANSACTION_OPERATIONS = 10_000

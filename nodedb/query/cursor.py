@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nodedb.errors import InvalidRequest, NodeDBError
 from nodedb.ids import MAX_ID
-from nodedb.wire import codec
+from nodedb import codec
 
 _VERSION = 2
 _READABLE = (1, 2)

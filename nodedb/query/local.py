@@ -13,7 +13,7 @@ from nodedb.interfaces import IQuery
 from nodedb.query.cursor import decode_cursor, encode_cursor
 from nodedb.query.filters import compile_where
 from nodedb.storage import Delete, Insert, Update
-from nodedb.wire import codec
+from nodedb import codec
 
 DEFAULT_MAX_DOCUMENT_SIZE = 1024 * 1024
 #: Page size when a scan gives no limit, and the largest limit accepted.

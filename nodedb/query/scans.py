@@ -54,7 +54,7 @@ from nodedb.ids import MAX_ID
 from nodedb.query.cursor import encode_cursor, read_cursor
 from nodedb.query.filters import compile_where
 from nodedb.query.local import MAX_EXAMINED_PER_PAGE, MAX_PAGE_BYTES, MAX_PAGE_SIZE
-from nodedb.wire import codec
+from nodedb import codec
 
 #: Seconds a cursor's state is kept after its last page was answered.
 DEFAULT_IDLE_TIMEOUT = 60.0

@@ -30,7 +30,7 @@ from nodedb.ids import IdLayout
 from nodedb.interfaces import IStorageBackend
 from nodedb.storage import SCHEMA_VERSION, Append, Load, LogEntry, PartitionState
 from nodedb.storage.apply import apply_operations, apply_replication
-from nodedb.wire import codec
+from nodedb import codec
 
 _ID = struct.Struct(">Q")
 

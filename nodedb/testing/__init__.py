@@ -94,7 +94,7 @@ class Recorder(Protocol):
 def written_frames(transport):
     """Decode every nodedb frame written to *transport* (a ``StringTransport``) so far, and
     clear it."""
-    from nodedb.wire import codec
+    from nodedb import codec
 
     data, out = transport.value(), []
     transport.clear()

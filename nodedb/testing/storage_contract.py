@@ -43,7 +43,7 @@ from nodedb.storage import (
     Truncate,
     Update,
 )
-from nodedb.wire import codec
+from nodedb import codec
 
 #: The timestamp the tests record with their commits (exactly representable as a double).
 T0 = 1_700_000_000.25

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from twisted.internet import defer
 
 from nodedb.errors import Unavailable
-from nodedb.wire import codec
+from nodedb import codec
 
 
 @dataclass

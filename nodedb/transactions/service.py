@@ -43,8 +43,8 @@ from nodedb.ids import check_element_id
 from nodedb.query.api import parse_transaction
 from nodedb.storage import Delete, Insert, Update
 from nodedb.transactions.locks import LockTable, Prepared, decode_record, encode_record
-from nodedb.wire import codec
-from nodedb.wire.codec import DECISION_TYPE, PREPARED_TYPE
+from nodedb import codec
+from nodedb.codec import DECISION_TYPE, PREPARED_TYPE
 
 #: Participants' recent completions, kept to answer a repeated tx.commit with its versions.
 _REMEMBERED = 4096

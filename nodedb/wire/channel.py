@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodedb import errors
-from nodedb.wire import codec
+from nodedb import codec
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024

@@ -12,7 +12,7 @@ from nodedb import errors
 from nodedb.testing.cluster import SimCluster
 from nodedb.testing.simulation import Faults, seeds
 from nodedb.testing.workload import FaultSchedule
-from nodedb.wire import codec
+from nodedb import codec
 
 pytestmark = pytest.mark.usefixtures("seed_report")
 

@@ -17,7 +17,7 @@ from nodedb.storage import ChangeType, Delete, Insert, Update
 from nodedb.storage.lmdb import LMDBStorage
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, success_result_of
-from nodedb.wire import codec
+from nodedb import codec
 
 LAYOUT = IdLayout()
 TYPES = ("a", "b")

@@ -4,7 +4,7 @@ duplicate keys, invalid UTF-8, integer map keys, reserved bytes, any nesting).
 
 Each generated :class:`Item` carries the bytes, the value ``cbor2`` should decode them to, and
 whether docs/protocol.md ("Decoding rules") lets a frame hold them. That verdict is worked out
-here from the structure, not by asking :mod:`nodedb.wire.codec`, so the frame tests check the
+here from the structure, not by asking :mod:`nodedb.codec`, so the frame tests check the
 decoder against the documented rules.
 
 The example counts come from the profile named by ``NODEDB_FUZZ_PROFILE`` (``ci``, the

@@ -8,7 +8,7 @@ with id null, after which it has closed the connection (docs/protocol.md, "Bad i
 
 Two oracles say what each frame should do. For streams built by :mod:`fuzzkit`'s own encoder,
 the verdict comes from each item's structure and the documented decoding rules, independent
-of :mod:`nodedb.wire.codec`. For streams mutated at the byte level (bits flipped, cut short,
+of :mod:`nodedb.codec`. For streams mutated at the byte level (bits flipped, cut short,
 length prefixes changed, bytes inserted or dropped), only the channel's own decoder can say
 which frames are well formed, so there the property is about what the channel does with its
 verdict.
@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 import fuzzkit
 from fuzzkit import counted, frame, fuzz_settings
 from nodedb import errors
-from nodedb.wire import codec
+from nodedb import codec
 from nodedb.wire.channel import Channel
 from nodedb.wire.limits import ConnectionGuard
 

@@ -42,7 +42,7 @@ import fuzzkit
 from fuzzkit import counted, fuzz_settings
 from nodedb import errors
 from nodedb.testing.cluster import SimCluster
-from nodedb.wire import codec
+from nodedb import codec
 from nodedb.wire.channel import PROTOCOL_VERSION, Channel
 
 SEED = 5

@@ -13,7 +13,7 @@ from nodedb import errors
 from nodedb.errors import InvalidRequest, NodeDBError, NotFound, ProtocolError, Timeout, Unavailable
 from nodedb.testing import failure_result_of, no_result, success_result_of, written_frames
 from nodedb.testing.network import connect
-from nodedb.wire import codec
+from nodedb import codec
 from nodedb.wire.channel import PROTOCOL_VERSION, Channel, hello_request
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodedb.errors import InvalidRequest, ProtocolError
-from nodedb.wire import codec
+from nodedb import codec
 
 
 def h(text):

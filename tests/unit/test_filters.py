@@ -10,7 +10,7 @@ from nodedb.errors import InvalidRequest
 from nodedb.ids import MAX_ID
 from nodedb.query.cursor import decode_cursor, encode_cursor
 from nodedb.query.filters import MAX_IN_VALUES, OPERATORS, compile_where
-from nodedb.wire import codec
+from nodedb import codec
 
 
 def matches(where, doc):

@@ -21,7 +21,7 @@ from nodedb.config import ConfigError, NodeConfig
 from nodedb.metrics import NodeMetrics
 from nodedb.testing import failure_result_of, no_result, success_result_of, written_frames
 from nodedb.testing.network import MemoryEndpoint, connect, pump_all
-from nodedb.wire import codec
+from nodedb import codec
 from nodedb.wire.channel import Channel, hello_request
 from nodedb.wire.connection import ChannelFactory, PersistentConnection
 from nodedb.wire.limits import CLOSE_GRACE, SPARE_FILES, SWEEP_INTERVAL, WARN_EVERY, ConnectionGuard, Limits, raise_open_files_limit

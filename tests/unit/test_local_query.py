@@ -13,7 +13,7 @@ from nodedb.query.local import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, LocalQuery
 from nodedb.storage import ChangeType
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, success_result_of
-from nodedb.wire import codec
+from nodedb import codec
 
 LAYOUT = IdLayout()
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from nodedb.voting.messages import MessageError, message_from_wire, message_to_wire
 from nodedb.voting.raft import Config, Message, Raft, Snapshot
-from nodedb.wire import codec
+from nodedb import codec
 
 
 def traffic():

@@ -17,7 +17,7 @@ from nodedb.query.scans import ScanMerge, ScanService, ScanSettings, parse_batch
 from nodedb.storage import Insert
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, no_result, success_result_of
-from nodedb.wire import codec
+from nodedb import codec
 
 LAYOUT = IdLayout()
 PARTITIONS = 6
