@@ -333,6 +333,20 @@ class Channel(Int32StringReceiver):
         self.sendString(data)
         return d
 
+    def greet(self, hello, deadline=None):
+        """Send the ``hello`` (see :func:`hello_request`) that opens a connection this end made.
+
+        :return: a Deferred of the other end's reply; once it has come, a request over the
+            frame limit that the reply gives fails at once instead of being sent.
+        """
+        return self.call("hello", hello, deadline).addCallback(self._heard_hello)
+
+    def _heard_hello(self, reply):
+        max_frame = reply.get("max_frame") if isinstance(reply, dict) else None
+        if type(max_frame) is int and max_frame > 0:
+            self.peer_max_frame = max_frame
+        return reply
+
     def in_flight(self):
         """:return: how many of this end's requests await a reply."""
         return len(self._pending)

@@ -1,8 +1,8 @@
 """A connection that stays up: Twisted's ClientService, a hello handshake, timed calls.
 
-Clients use one over all the node addresses they were given (a :class:`RotatingEndpoint`
-moves on to the next address whenever a connection attempt fails, so the client fails over
-by itself); hosts use one per peer. A call made while the connection is down waits for it,
+Clients use one over all the node addresses they were given and those they learned from the
+cluster since (a :class:`RotatingEndpoint` moves on to the next address whenever a connection
+attempt fails, so the client fails over by itself); hosts use one per peer. A call made while the connection is down waits for it,
 but never past its own timeout.
 """
 
@@ -10,7 +10,6 @@ import random
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet import task
@@ -19,7 +18,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nodedb import errors
-from nodedb.wire.address import parse_address
 from nodedb.wire.channel import DEFAULT_MAX_FRAME, Channel
 
 #: How often calls are checked against their deadlines.
@@ -56,39 +54,34 @@ class ChannelFactory(Factory):
 class RotatingEndpoint:
     """Connects to each of several endpoints in turn, one per attempt."""
 
-    def __init__(self, named_endpoints, on_failure):
+    def __init__(self, named_endpoints, on_failure, learned=None):
         """
         :param named_endpoints: ``[(address, endpoint), ...]``.
         :param on_failure: called with ``(address, reason)`` when an attempt fails.
+        :param learned: ``learned()`` -> more ``[(address, endpoint), ...]`` to try after
+            *named_endpoints*, as they are at the time of each attempt (None: no more).
         """
-        self._endpoints = list(named_endpoints)
+        self._given = list(named_endpoints)
+        self._learned = learned
         self._on_failure = on_failure
         self._next = 0
         self.current = None
 
+    def _endpoints(self):
+        return self._given if self._learned is None else self._given + list(self._learned())
+
     def __len__(self):
-        return len(self._endpoints)
+        return len(self._endpoints())
 
     def connect(self, factory):
-        self.current, endpoint = self._endpoints[self._next % len(self._endpoints)]
+        endpoints = self._endpoints()
+        self.current, endpoint = endpoints[self._next % len(endpoints)]
         self._next += 1
         return endpoint.connect(factory).addErrback(self._failed, self.current)
 
     def _failed(self, reason, address):
         self._on_failure(address, reason.getErrorMessage())
         return reason
-
-
-def tcp_endpoints(reactor, addresses, tls=None):
-    """``[(address, HostnameEndpoint), ...]`` for ``"host:port"`` texts; with *tls* (a
-    :class:`~nodedb.security.tls.TLSContext`), each speaks TLS and checks the node's
-    certificate against the host it dials."""
-    named = []
-    for address in addresses:
-        host, port = parse_address(address)
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-        named.append((address, endpoint if tls is None else tls.wrap_client(host, endpoint)))
-    return named
 
 
 class PersistentConnection:
@@ -116,11 +109,16 @@ class PersistentConnection:
         max_frame=DEFAULT_MAX_FRAME,
         own_timers=True,
         rng=None,
+        learned=None,
+        on_greeted=None,
     ):
         """
         :param own_timers: check call deadlines with a timer of its own; a transport that
             keeps many connections passes False and calls :meth:`sweep` for all of them.
         :param rng: a ``random.Random`` for the reconnection jitter (seeded in the simulator).
+        :param learned: ``learned()`` -> more ``[(address, endpoint), ...]`` to rotate over
+            after *named_endpoints* (see :class:`RotatingEndpoint`).
+        :param on_greeted: called with each channel once its hello is answered.
         """
         self.clock = clock
         self.hello = hello
@@ -130,15 +128,15 @@ class PersistentConnection:
         self._greeting = None  # the channel whose hello is under way
         self._failures = 0  # failed attempts (connect or hello) since the last success
         self._waiters = []  # (Deferred, give up after this many failures or None)
-        self._endpoint = RotatingEndpoint(named_endpoints, self._attempt_failed)
-        immediate = len(self._endpoint)
+        self._on_greeted = on_greeted
+        self._endpoint = RotatingEndpoint(named_endpoints, self._attempt_failed, learned)
         backoff = backoffPolicy(initialDelay=0.2, maxDelay=5.0, jitter=(rng or random.Random()).random)
         factory = ChannelFactory(dispatch, max_frame)
         factory.on_connected = self._greet
         self._service = ClientService(
             self._endpoint,
             factory,
-            retryPolicy=lambda failures: 0.0 if failures < immediate else backoff(failures - immediate),
+            retryPolicy=lambda failures: self._retry_delay(failures, backoff),
             clock=clock,
         )
         self._missed = 0
@@ -146,6 +144,11 @@ class PersistentConnection:
         if own_timers:
             self._sweeper = LoopingCall(lambda: self.sweep(self.clock.seconds()))
             self._sweeper.clock = clock
+
+    def _retry_delay(self, failures, backoff):
+        """Every address is tried at once after a failure; only then does the backoff start."""
+        immediate = len(self._endpoint)
+        return 0.0 if failures < immediate else backoff(failures - immediate)
 
     @property
     def address(self):
@@ -194,18 +197,17 @@ class PersistentConnection:
 
     def _greet(self, channel):
         self._greeting = channel
-        d = channel.call("hello", self.hello, deadline=self.clock.seconds() + HELLO_TIMEOUT)
+        d = channel.greet(self.hello, deadline=self.clock.seconds() + HELLO_TIMEOUT)
         d.addCallbacks(self._greeted, self._refused, (channel,), None, (channel,))
 
     def _greeted(self, reply, channel):
         if not channel.connected_:
             return
         self.server = reply
-        max_frame = reply.get("max_frame") if isinstance(reply, dict) else None
-        if type(max_frame) is int and max_frame > 0:
-            channel.peer_max_frame = max_frame
         self._channel = channel
         self._failures = 0
+        if self._on_greeted is not None:
+            self._on_greeted(channel)
         waiters, self._waiters = self._waiters, []
         for d, _limit in waiters:
             d.callback(channel)

@@ -1,0 +1,152 @@
+"""The client that stays connected to a cluster: failover, retries, heartbeats."""
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from nodedb import errors
+from nodedb.client._endpoints import LearnedHosts, address_endpoint, client_endpoint
+from nodedb.client._operations import Operations
+from nodedb.client._protocol import CLIENT_NAME, DEFAULT_TIMEOUT
+from nodedb.wire.channel import DEFAULT_MAX_FRAME, hello_request
+from nodedb.wire.connection import PersistentConnection
+
+#: First and longest pause between two tries of a request that was not applied.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
+HEARTBEAT_INTERVAL = 1.0
+
+
+def _no_report(rtt, reply):
+    """Heartbeat results need no handling: the connection drops itself after misses."""
+
+
+class Client(Operations):
+    """A connection to a nodedb cluster; build it with :func:`connect`.
+
+    :param connection: a :class:`~nodedb.wire.connection.PersistentConnection`.
+    :param heartbeat: seconds between pings on the connection; after three unanswered ones
+        the client drops it and moves to the next address (a host that froze, or was cut off,
+        never closes the connection by itself). None: no heartbeat.
+    :param learned: the :class:`~nodedb.client._endpoints.LearnedHosts` that feeds
+        *connection*, stopped with the client (None: it learns no hosts).
+    """
+
+    def __init__(self, connection, timeout=DEFAULT_TIMEOUT, heartbeat=HEARTBEAT_INTERVAL, learned=None):
+        self._connection = connection
+        self._learned = learned
+        self.timeout = timeout
+        self._heartbeat = None
+        if heartbeat:
+            self._heartbeat = task.LoopingCall(connection.beat, heartbeat, _no_report)
+            self._heartbeat.clock = connection.clock
+            self._heartbeat.start(heartbeat, now=False)
+
+    @property
+    def server(self):
+        """What the connected node said about itself in the handshake."""
+        return self._connection.server
+
+    def _send(self, op, arguments, idempotent):
+        deadline = self._connection.clock.seconds() + self.timeout
+        return self._try(op, arguments, idempotent, deadline, RETRY_FIRST)
+
+    def _try(self, op, arguments, idempotent, deadline, pause):
+        # Every try gets what is left of the request's timeout, not a new one.
+        remaining = deadline - self._connection.clock.seconds()
+        d = self._connection.call(op, arguments, remaining)
+        d.addErrback(self._retry, op, arguments, idempotent, deadline, pause)
+        return d
+
+    def _retry(self, failure, op, arguments, idempotent, deadline, pause):
+        failure.trap(errors.Unavailable)
+        if not idempotent and failure.check(errors.ConnectionLost):
+            return failure  # a write that may have been applied
+        clock = self._connection.clock
+        if clock.seconds() + pause >= deadline:
+            return failure
+        return task.deferLater(clock, pause, self._try, op, arguments, idempotent, deadline, min(pause * 2, RETRY_MAX))
+
+    def close(self):
+        """:return: a Deferred that fires once the connection is closed."""
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        if self._learned is not None:
+            self._learned.stop()
+        return self._connection.stop()
+
+
+def connect(
+    reactor,
+    addresses,
+    timeout=DEFAULT_TIMEOUT,
+    max_frame=DEFAULT_MAX_FRAME,
+    heartbeat=HEARTBEAT_INTERVAL,
+    tls=None,
+    learn_hosts=True,
+):
+    """Connect to a nodedb cluster through any of *addresses*.
+
+    :param addresses: one or a list of: ``"host:port"`` addresses, Twisted client endpoint
+        descriptions (``"tcp:host:port"``, ``"unix:/path"``, ``"tls:host:port"``, ...) and
+        ``IStreamClientEndpoint`` objects. A text of the form HOST:PORT, where HOST is a name or
+        an IP address, is an address; any other text is an endpoint description.
+    :param tls: for a cluster that runs with ``--tls``: a TLS directory (``ca.pem``,
+        ``cert.pem``, ``key.pem``, as ``nodedb ca client`` writes it) or a
+        :class:`~nodedb.security.tls.TLSContext`, used for the ``host:port`` addresses given
+        and learned (endpoints are used as they are). The node's certificate must be signed by
+        that CA and name the address dialled; this client presents its own certificate.
+    :param timeout: seconds each request may take, waiting for a connection included.
+    :param heartbeat: seconds between pings that detect a node that stopped answering.
+    :param learn_hosts: ask the cluster for its hosts' addresses, on each new connection and
+        every 30 seconds, and try them (as ``host:port``, with *tls*) after the given ones.
+    :return: a Deferred that fires with a :class:`Client` once a node has answered the
+        handshake, or fails with :class:`~nodedb.errors.Unavailable` if none of the given
+        addresses answers (each is tried once), or InvalidRequest for a malformed address.
+    """
+    if isinstance(addresses, str) or IStreamClientEndpoint.providedBy(addresses):
+        addresses = [addresses]
+    try:
+        context = _tls_context(tls)
+        named = [client_endpoint(reactor, where, context) for where in addresses]
+    except errors.NodeDBError as e:
+        return defer.fail(e)
+    if not named:
+        return defer.fail(errors.InvalidRequest("no address to connect to"))
+    learned = None
+    if learn_hosts:
+        given = [name for name, _endpoint in named]
+        learned = LearnedHosts(reactor, given, lambda address: address_endpoint(reactor, address, context))
+    connection = PersistentConnection(
+        reactor,
+        named,
+        hello_request("client", client=CLIENT_NAME),
+        max_frame=max_frame,
+        learned=None if learned is None else learned.endpoints,
+        on_greeted=None if learned is None else learned.connected,
+    )
+    connection.start()
+    d = connection.when_connected(attempts=len(named))
+    d.addTimeout(timeout, reactor)
+
+    def failed(reason):
+        if learned is not None:
+            learned.stop()
+        connection.stop()
+        if reason.check(defer.TimeoutError):
+            raise errors.Unavailable(f"cannot reach a node ({connection.last_error or 'no answer in time'})")
+        return reason
+
+    return d.addCallbacks(lambda _channel: Client(connection, timeout, heartbeat, learned), failed)
+
+
+def _tls_context(tls):
+    if tls is None:
+        return None
+    from nodedb.security.tls import TLSContext, TLSError
+
+    if isinstance(tls, TLSContext):
+        return tls
+    try:
+        return TLSContext(tls)
+    except TLSError as e:
+        raise errors.InvalidRequest(f"tls: {e}") from None
