@@ -112,31 +112,53 @@ def connect(
         return defer.fail(e)
     if not named:
         return defer.fail(errors.InvalidRequest("no address to connect to"))
-    learned = None
-    if learn_hosts:
-        given = [name for name, _endpoint in named]
-        learned = LearnedHosts(reactor, given, lambda address: address_endpoint(reactor, address, context))
-    connection = PersistentConnection(
-        reactor,
-        named,
-        hello_request("client", client=CLIENT_NAME),
-        max_frame=max_frame,
-        learned=None if learned is None else learned.endpoints,
-        on_greeted=None if learned is None else learned.connected,
-    )
-    connection.start()
+    endpoint_for = (lambda address: address_endpoint(reactor, address, context)) if learn_hosts else None
+    client = start_client(reactor, named, endpoint_for, timeout, heartbeat, max_frame)
+    connection = client._connection
     d = connection.when_connected(attempts=len(named))
     d.addTimeout(timeout, reactor)
 
     def failed(reason):
-        if learned is not None:
-            learned.stop()
-        connection.stop()
+        client.close()
         if reason.check(defer.TimeoutError):
             raise errors.Unavailable(f"cannot reach a node ({connection.last_error or 'no answer in time'})")
         return reason
 
-    return d.addCallbacks(lambda _channel: Client(connection, timeout, heartbeat, learned), failed)
+    return d.addCallbacks(lambda _channel: client, failed)
+
+
+def start_client(
+    clock,
+    named_endpoints,
+    endpoint_for=None,
+    timeout=DEFAULT_TIMEOUT,
+    heartbeat=HEARTBEAT_INTERVAL,
+    max_frame=DEFAULT_MAX_FRAME,
+    client_name=CLIENT_NAME,
+    rng=None,
+):
+    """A :class:`Client` that has started connecting to the first of *named_endpoints*
+    (``[(name, endpoint), ...]``) that answers; :func:`connect` and the test networks build
+    theirs with it.
+
+    :param endpoint_for: ``endpoint_for(address)`` -> the endpoint that dials a ``host:port``
+        learned from the cluster (None: learn no hosts).
+    :param rng: a ``random.Random`` for the reconnection jitter.
+    """
+    learned = None
+    if endpoint_for is not None:
+        learned = LearnedHosts(clock, [name for name, _endpoint in named_endpoints], endpoint_for)
+    connection = PersistentConnection(
+        clock,
+        named_endpoints,
+        hello_request("client", client=client_name),
+        max_frame=max_frame,
+        rng=rng,
+        learned=None if learned is None else learned.endpoints,
+        on_greeted=None if learned is None else learned.connected,
+    )
+    connection.start()
+    return Client(connection, timeout, heartbeat, learned)
 
 
 def _tls_context(tls):

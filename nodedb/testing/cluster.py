@@ -18,15 +18,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nodedb.client import Client
+from nodedb.client._client import start_client
 from nodedb.config import NodeConfig
 from nodedb.gossip.service import GossipTiming
 from nodedb.node import make_node
 from nodedb.storage.memory import MemoryStorage, MemoryStore
 from nodedb.testing.simulation import SimNetwork, replay_hint
 from nodedb.voting.policy import caught_up, primary_moves, voter_count
-from nodedb.wire.channel import hello_request
-from nodedb.wire.connection import PersistentConnection
 from nodedb.wire.transport import PeerTransport
 
 
@@ -159,18 +157,19 @@ class SimCluster:
             seeds = [h.address for h in self.hosts if h is not host and h.up][:3]
         self._boot(host, seeds)
 
-    def client(self, hosts=None, timeout=10.0):
+    def client(self, hosts=None, timeout=10.0, learn_hosts=False):
         """A :class:`nodedb.client.Client` on the simulated network, connected to *hosts*
-        (every host by default, tried in turn) from an address of its own."""
+        (every host by default, tried in turn) from an address of its own; with
+        *learn_hosts*, it also learns the other hosts' addresses from the cluster, as
+        :func:`nodedb.client.connect` does."""
         self._clients += 1
         source = f"10.{self._clients // 250}.{self._clients % 250}.1:5000"
         targets = hosts if hosts is not None else self.hosts
         named = [(h.address, self.network.client_endpoint(source, h.address)) for h in targets]
-        connection = PersistentConnection(
-            self.clock, named, hello_request("client", client="simulated"), rng=random.Random(self.rng.random())
+        endpoint_for = (lambda address: self.network.client_endpoint(source, address)) if learn_hosts else None
+        return start_client(
+            self.clock, named, endpoint_for, timeout, client_name="simulated", rng=random.Random(self.rng.random())
         )
-        connection.start()
-        return Client(connection, timeout)
 
     # -- observing --------------------------------------------------------------------------
 

@@ -164,9 +164,7 @@ def memory_client(server_factories, clock, timeout=10.0):
     :return: ``(client, endpoints)``; the client has started connecting: pump the endpoints
         (and advance the clock) to let it finish.
     """
-    from nodedb.client import CLIENT_NAME, Client
-    from nodedb.wire.channel import hello_request
-    from nodedb.wire.connection import PersistentConnection
+    from nodedb.client._client import start_client
 
     if not isinstance(server_factories, (list, tuple)):
         server_factories = [server_factories]
@@ -174,9 +172,7 @@ def memory_client(server_factories, clock, timeout=10.0):
         MemoryEndpoint(factory, IPv4Address("TCP", "127.0.0.1", 7400 + index)) for index, factory in enumerate(server_factories)
     ]
     named = [(f"127.0.0.1:{endpoint.address.port}", endpoint) for endpoint in endpoints]
-    connection = PersistentConnection(clock, named, hello_request("client", client=CLIENT_NAME))
-    connection.start()
-    return Client(connection, timeout), endpoints
+    return start_client(clock, named, timeout=timeout), endpoints
 
 
 def pump_all(endpoints, clock=None, until=None, step=0.05, limit=10_000):
