@@ -2,8 +2,8 @@
 
 Clients use one over all the node addresses they were given and those they learned from the
 cluster since (a :class:`RotatingEndpoint` moves on to the next address whenever a connection
-attempt fails, so the client fails over by itself); hosts use one per peer. A call made while the connection is down waits for it,
-but never past its own timeout.
+attempt fails, so the client fails over by itself); hosts use one per peer. A call made while
+the connection is down waits for it, but never past its own timeout.
 """
 
 import random
