@@ -1,9 +1,15 @@
 """A node's configuration: one checked value object, whether it comes from twistd options or a
-``.tac`` file. Nothing here does I/O."""
+``.tac`` file. Nothing here does I/O.
+
+Every setting is declared once, as a field of :class:`NodeConfig` made by :func:`setting`: its
+default, its command-line option, how the option's text is read, its bounds and its help. The
+``twistd nodedb`` options (:mod:`nodedb.tap`) are generated from those fields, and
+``tests/unit/test_settings_docs.py`` checks docs/running.md's option table against them.
+"""
 
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 from nodedb.errors import InvalidRequest
 from nodedb.wire.address import format_address, parse_address
@@ -69,42 +75,229 @@ def endpoint_address(description):
     return format_address(host, int(args[0]))
 
 
+# -- the settings table ------------------------------------------------------------------------
+
+_REQUIRED = object()
+
+
+def read_count(text):
+    """The command-line reading of a count: a decimal integer of at least 1."""
+    number = int(text)
+    if number < 1:
+        raise ValueError("must be a positive integer")
+    return number
+
+
+read_count.coerceDoc = "A positive integer."
+
+
+def read_path(text):
+    """A path as given, made absolute against the directory the process started in."""
+    return os.path.abspath(text)
+
+
+def read_endpoint_or_none(text):
+    return None if text == "none" else text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one :class:`NodeConfig` field is given on the command line, and its bounds.
+
+    :ivar option: the long option, without ``--``.
+    :ivar kind: the type of the value (``int``, ``float``, ``bool``, ``str`` or ``list``).
+    :ivar read: ``read(text)`` -> the value, for options that take one; it raises
+        ValueError for text that cannot be one.
+    :ivar bounds: ``(lowest, highest)`` for numbers, inclusive; highest may be None.
+    :ivar unit: what the number counts (``bytes``, ``seconds``), for messages.
+    :ivar metavar: what the option's argument is called in docs/running.md.
+    :ivar default: the field's default (None for a required or a repeated setting).
+    """
+
+    option: str
+    kind: type
+    help: str
+    read: object = None
+    bounds: tuple = None
+    unit: str = ""
+    metavar: str = ""
+    short: str = None
+    default: object = None
+
+    @property
+    def flag(self):
+        """A flag takes no argument: given, it turns the setting from its default."""
+        return self.kind is bool
+
+    @property
+    def repeated(self):
+        return self.kind is list
+
+    def describe_bounds(self):
+        """What the value must be: ``an integer between 1 and 9``, ``between 1 and 300 seconds``."""
+        low, high = self.bounds
+        span = f"between {low} and {high}" if high is not None else f"{'of ' if self.kind is int else ''}at least {low}"
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{'an integer ' if self.kind is int else ''}{span}{unit}"
+
+    def check(self, value):
+        """:raise ConfigError: if *value* is not a number within the bounds."""
+        if self.bounds is None:
+            return
+        low, high = self.bounds
+        number = type(value) is int or (self.kind is float and type(value) is float)
+        if not number or value < low or (high is not None and value > high):
+            raise ConfigError(f"--{self.option} must be {self.describe_bounds()}")
+
+
+def setting(default, help, *, kind=None, option=None, short=None, metavar="", read=None, bounds=None, unit=""):
+    """A :class:`NodeConfig` field that is also a ``twistd nodedb`` option.
+
+    :param default: the default value; ``list`` for a repeated option (empty by default),
+        ``_REQUIRED`` for none.
+    :param kind: the value's type, when the default does not show it (a default of None).
+    :param option: the long option, when it is not the field's name with dashes.
+    :param read: how the option's text becomes the value; by default a count (a positive
+        integer, or any integer when the bounds allow 0), a float, or the text itself.
+    """
+    if kind is None:
+        kind = list if default is list else type(default)
+    if read is None and kind is not bool:
+        read = {int: read_count if bounds and bounds[0] >= 1 else int, float: float, str: str, list: str}[kind]
+    description = Setting(option, kind, help, read, bounds, unit, metavar, short)
+    if default is _REQUIRED:
+        return field(metadata={"setting": description})
+    if default is list:
+        return field(default_factory=list, metadata={"setting": description})
+    return field(default=default, metadata={"setting": description})
+
+
 @dataclass
 class NodeConfig:
-    """Everything a node is started with; see ``twistd -n nodedb --help`` for each field."""
+    """Everything a node is started with: one field per ``twistd nodedb`` option."""
 
-    data_dir: str
-    listen: str = DEFAULT_LISTEN
-    advertise: str | None = None
-    seeds: list = field(default_factory=list)
-    admin: str | None = DEFAULT_ADMIN
-    replicas: int = DEFAULT_REPLICAS
-    partitions: int = DEFAULT_PARTITIONS
-    #: Hosts the founder waits for before it forms the cluster (read only when bootstrapping).
-    bootstrap_expect: int = 1
-    insecure: bool = False
-    storage: str = "lmdb"
-    max_document_size: int = 1024 * 1024
-    max_frame_size: int = 4 * 1024 * 1024
-    map_size: int = 64 * 1024**3
-    max_types: int = 1000
-    peer_timeout: float = 2.0
-    peer_retries: int = 1
-    heartbeat_interval: float = 1.0
-    remove_after: float = 600.0
-    scan_idle_timeout: float = 60.0
+    data_dir: str = setting(
+        _REQUIRED, "Directory for this node's data (required).", kind=str, option="data", short="d", metavar="DIR", read=read_path
+    )
+    listen: str = setting(DEFAULT_LISTEN, "Twisted server endpoint for peers and clients.", short="l", metavar="ENDPOINT")
+    advertise: str | None = setting(None, "HOST:PORT other hosts and clients use to reach this node.", kind=str, metavar="HOST:PORT")
+    admin: str | None = setting(
+        DEFAULT_ADMIN, "Twisted server endpoint of the admin HTTP site, or 'none'.", metavar="ENDPOINT", read=read_endpoint_or_none
+    )
+    seeds: list = setting(list, "HOST:PORT of a node to join through (repeatable).", option="seed", metavar="HOST:PORT")
+    replicas: int = setting(DEFAULT_REPLICAS, "Replication factor (read only when bootstrapping).", metavar="N", bounds=(1, 9))
+    partitions: int = setting(
+        DEFAULT_PARTITIONS, "Number of partitions (read only when bootstrapping).", metavar="N", bounds=(1, 65536)
+    )
+    bootstrap_expect: int = setting(
+        1,
+        "Hosts to wait for before forming a new cluster (read only when bootstrapping); give the same N to every host.",
+        metavar="N",
+        bounds=(1, 1000),
+    )
+    storage: str = setting("lmdb", "Storage backend plugin: lmdb, memory, or an installed plugin's name.", metavar="NAME")
+    transport: str = setting("tcp", "Peer transport plugin: tcp, unix, or an installed plugin's name.", metavar="NAME")
+    id_allocator: str = setting(
+        "sequential", "Id allocator plugin: sequential, time, or an installed plugin's name.", metavar="NAME"
+    )
+    socket_dir: str | None = setting(
+        None,
+        "With --transport unix: the directory of the Unix sockets of this machine's hosts.",
+        kind=str,
+        metavar="DIR",
+        read=read_path,
+    )
+    max_document_size: int = setting(
+        1024 * 1024, "Largest document accepted, in encoded bytes.", metavar="BYTES", bounds=(1024, None), unit="bytes"
+    )
+    max_frame_size: int = setting(
+        4 * 1024 * 1024, "Largest wire frame accepted, in bytes.", metavar="BYTES", bounds=(1, None), unit="bytes"
+    )
+    map_size: int = setting(
+        64 * 1024**3, "LMDB map size in bytes: the most the store can grow to.", metavar="BYTES", bounds=(1, None), unit="bytes"
+    )
+    max_types: int = setting(1000, "Most record types one store can hold (LMDB sub-databases).", metavar="N", bounds=(1, None))
+    peer_timeout: float = setting(
+        2.0,
+        "Seconds a call to another host may take before it counts as a timeout.",
+        metavar="SECONDS",
+        bounds=(0.05, 300),
+        unit="seconds",
+    )
+    peer_retries: int = setting(
+        1, "More tries of an idempotent call to another host after a timeout.", metavar="N", bounds=(0, 10)
+    )
+    heartbeat_interval: float = setting(
+        1.0, "Seconds between heartbeats to each connected host.", metavar="SECONDS", bounds=(0.05, 60), unit="seconds"
+    )
+    remove_after: float = setting(
+        600.0,
+        "Seconds a host may stay unavailable before it loses its partitions.",
+        metavar="SECONDS",
+        bounds=(1, 10**7),
+        unit="seconds",
+    )
+    scan_idle_timeout: float = setting(
+        60.0,
+        "Seconds a scan cursor's state is kept after its last page.",
+        metavar="SECONDS",
+        bounds=(1, 86400),
+        unit="seconds",
+    )
+    # Connection limits: nodedb.wire.limits.Limits says what each is, and holds the defaults.
+    max_in_flight: int = setting(
+        Limits.max_in_flight,
+        "Requests of one client connection served at once; past it the node stops reading from it.",
+        metavar="N",
+        bounds=(1, 1_000_000),
+    )
+    max_peer_in_flight: int = setting(
+        Limits.max_peer_in_flight,
+        "The same for a connection from another host of the cluster.",
+        metavar="N",
+        bounds=(1, 1_000_000),
+    )
+    max_connections_per_address: int = setting(
+        Limits.max_connections_per_address,
+        "Connections open at once from one IP address; more are closed at once.",
+        metavar="N",
+        bounds=(1, 1_000_000),
+    )
+    max_connections: int = setting(
+        Limits.max_connections, "Connections open at once in all; more are closed at once.", metavar="N", bounds=(1, 1_000_000)
+    )
+    idle_timeout: float = setting(
+        Limits.idle_timeout,
+        "Seconds a connection may send nothing (and wait for nothing) before it is closed.",
+        metavar="SECONDS",
+        bounds=(1, 86400),
+        unit="seconds",
+    )
+    handshake_timeout: float = setting(
+        Limits.handshake_timeout,
+        "Seconds a new connection has to send its hello.",
+        metavar="SECONDS",
+        bounds=(1, 300),
+        unit="seconds",
+    )
+    frame_timeout: float = setting(
+        Limits.frame_timeout,
+        "Seconds a frame may take to arrive once its first bytes have.",
+        metavar="SECONDS",
+        bounds=(1, 86400),
+        unit="seconds",
+    )
     #: A TLS directory (``ca.pem``, ``cert.pem``, ``key.pem``): every connection is TLS.
-    tls: str | None = None
+    tls: str | None = setting(
+        None,
+        "TLS directory (ca.pem, cert.pem, key.pem from 'nodedb ca issue'): TLS on every connection.",
+        kind=str,
+        metavar="DIR",
+        read=read_path,
+    )
     #: With TLS, whether clients must present a certificate signed by the cluster CA.
-    client_cert: bool = True
-    # Connection limits: nodedb.wire.limits.Limits says what each is.
-    max_in_flight: int = Limits.max_in_flight
-    max_peer_in_flight: int = Limits.max_peer_in_flight
-    max_connections_per_address: int = Limits.max_connections_per_address
-    max_connections: int = Limits.max_connections
-    idle_timeout: float = Limits.idle_timeout
-    handshake_timeout: float = Limits.handshake_timeout
-    frame_timeout: float = Limits.frame_timeout
+    client_cert: bool = setting(True, "With --tls, do not require clients to present a certificate.", option="no-client-cert")
+    insecure: bool = setting(False, "Allow plaintext on non-loopback addresses (no TLS).")
 
     def __post_init__(self):
         self.check()
@@ -130,27 +323,15 @@ class NodeConfig:
             raise ConfigError("--data is required")
         if self.data_dir and os.path.exists(self.data_dir) and not os.path.isdir(self.data_dir):
             raise ConfigError(f"--data {self.data_dir!r} is not a directory")
-        if not 1 <= self.partitions <= 65536:
-            raise ConfigError("--partitions must be between 1 and 65536")
-        if not 1 <= self.replicas <= 9:
-            raise ConfigError("--replicas must be between 1 and 9")
-        if not 1 <= self.bootstrap_expect <= 1000:
-            raise ConfigError("--bootstrap-expect must be between 1 and 1000")
-        if self.max_document_size < 1024:
-            raise ConfigError("--max-document-size must be at least 1024 bytes")
+        for name, described in SETTINGS.items():
+            described.check(getattr(self, name))
         if self.max_frame_size < self.max_document_size + 64 * 1024:
             raise ConfigError("--max-frame-size must exceed --max-document-size by at least 64 KiB")
-        if not 0.05 <= self.peer_timeout <= 300:
-            raise ConfigError("--peer-timeout must be between 0.05 and 300 seconds")
-        if not 0 <= self.peer_retries <= 10:
-            raise ConfigError("--peer-retries must be between 0 and 10")
-        if not 0.05 <= self.heartbeat_interval <= 60:
-            raise ConfigError("--heartbeat-interval must be between 0.05 and 60 seconds")
-        if not 1 <= self.remove_after <= 10**7:
-            raise ConfigError("--remove-after must be between 1 and 10000000 seconds")
-        if not 1 <= self.scan_idle_timeout <= 86400:
-            raise ConfigError("--scan-idle-timeout must be between 1 and 86400 seconds")
-        self._check_connection_limits()
+        if self.max_peer_in_flight < self.max_in_flight:
+            raise ConfigError("--max-peer-in-flight must be at least --max-in-flight")
+        if self.idle_timeout < 3 * self.heartbeat_interval:
+            # Peers keep their connections up with heartbeats; those must not look idle.
+            raise ConfigError("--idle-timeout must be at least 3 times --heartbeat-interval")
         for seed in self.seeds:
             try:
                 parse_address(seed)
@@ -174,27 +355,16 @@ class NodeConfig:
                     "listen on a loopback interface, or pass --insecure to accept plaintext"
                 )
 
-    def _check_connection_limits(self):
-        for option, value in (
-            ("--max-in-flight", self.max_in_flight),
-            ("--max-peer-in-flight", self.max_peer_in_flight),
-            ("--max-connections-per-address", self.max_connections_per_address),
-            ("--max-connections", self.max_connections),
-        ):
-            if type(value) is not int or not 1 <= value <= 1_000_000:
-                raise ConfigError(f"{option} must be an integer between 1 and 1000000")
-        if self.max_peer_in_flight < self.max_in_flight:
-            raise ConfigError("--max-peer-in-flight must be at least --max-in-flight")
-        if not 1 <= self.handshake_timeout <= 300:
-            raise ConfigError("--handshake-timeout must be between 1 and 300 seconds")
-        if not 1 <= self.frame_timeout <= 86400:
-            raise ConfigError("--frame-timeout must be between 1 and 86400 seconds")
-        if not 1 <= self.idle_timeout <= 86400:
-            raise ConfigError("--idle-timeout must be between 1 and 86400 seconds")
-        if self.idle_timeout < 3 * self.heartbeat_interval:
-            # Peers keep their connections up with heartbeats; those must not look idle.
-            raise ConfigError("--idle-timeout must be at least 3 times --heartbeat-interval")
-
     def advertised_address(self):
         """The address other hosts and clients should use to reach this node."""
         return self.advertise or endpoint_address(self.listen)
+
+
+def _named(config_field):
+    described = config_field.metadata["setting"]
+    default = None if config_field.default is MISSING else config_field.default
+    return replace(described, option=described.option or config_field.name.replace("_", "-"), default=default)
+
+
+#: ``{NodeConfig field name: Setting}``, in the order of the fields (and of ``--help``).
+SETTINGS = {config_field.name: _named(config_field) for config_field in fields(NodeConfig)}

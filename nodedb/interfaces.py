@@ -10,6 +10,7 @@ read local state answer synchronously. Element ids are unsigned 64-bit ints, rec
 ``[a-z0-9_]{1,64}`` strings, documents travel between services as CBOR-encoded ``bytes``.
 """
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -135,43 +136,89 @@ class IStorageBackendPlugin(Interface):
 
 
 class IIdAllocator(Interface):
-    """Hands out element ids inside the partitions this host is primary for."""
+    """Hands out element ids inside the partitions this host is primary for.
 
-    layout = Attribute("The :class:`nodedb.ids.IdLayout` of the cluster.")
+    Every id is new: never handed out before in its partition, not even by an earlier run of
+    the node (the node passes each partition's stored ``max_sequence``, the highest sequence
+    ever used there, as its high-water mark). The contract suite in
+    :mod:`nodedb.testing.allocator_contract` states the behaviour precisely.
+    """
+
+    def set_partitions(high_water_marks, limits=None):
+        """Allocate in these partitions from now on (the partition map changed).
+
+        :param high_water_marks: ``{partition: highest sequence ever used}``; a partition
+            already held keeps its own mark when that is higher (ids handed out for writes
+            still on their way to storage are not in storage yet).
+        :param limits: ``{partition: (first, last)}``, the sequence range each partition may
+            use (that of its current epoch); the whole sequence space when a partition is
+            not named.
+        """
 
     def partitions():
         """:return: the sorted partition numbers this host may allocate ids in."""
 
     def choose_partition(near=None):
-        """The partition for a new element: that of *near* when given, else one chosen to
-        spread inserts.
+        """The partition for a new element: that of the element id *near* when given, else
+        one chosen to spread inserts over the partitions held.
 
-        :raise nodedb.errors.Unavailable: if this host may not allocate there.
+        :raise nodedb.errors.InvalidRequest: if *near* is not an element id.
+        :raise nodedb.errors.Unavailable: if this host may not allocate there, or holds
+            no partition.
         """
 
     def allocate(partition):
-        """:return: a fresh id in *partition*, higher than any id handed out there before."""
+        """:return: a fresh id in *partition*, higher than any id handed out there before,
+            within the partition's range.
+
+        :raise nodedb.errors.Unavailable: if the partition is not held or its range is used up.
+        """
 
 
-class IPeerTransport(Interface):
+class IIdAllocatorPlugin(Interface):
+    """An id allocator that ``--id-allocator NAME`` can select (found as storage plugins are)."""
+
+    name = Attribute("The name given to ``--id-allocator``.")
+
+    def make_allocator(layout, high_water_marks, options, clock):
+        """:return: a new :class:`IIdAllocator` for the cluster's :class:`nodedb.ids.IdLayout`,
+            allocating in the partitions of *high_water_marks* (see
+            :meth:`IIdAllocator.set_partitions`); *options* is the node's
+            :class:`nodedb.config.NodeConfig`, *clock* the reactor (``seconds()``)."""
+
+
+class IPeerTransport(IService):
     """Moves request/response messages between hosts, and from clients to hosts.
 
-    Messages are CBOR maps (see ``docs/protocol.md``). The TCP transport listens on the
-    node's ``--listen`` endpoint; the simulator provides an in-memory one.
+    Messages are CBOR maps (see ``docs/protocol.md``). A transport is a Twisted service: the
+    node makes it a child of its own, so that it starts and stops with the node. The TCP
+    transport listens on the node's ``--listen`` endpoint; the Unix one on a socket in
+    ``--socket-dir``. The contract suite in :mod:`nodedb.testing.transport_contract` states
+    the behaviour precisely.
     """
 
-    def serve(dispatch):
-        """Serve every incoming request with ``dispatch(request, channel)``.
+    guard = Attribute(
+        "The :class:`nodedb.wire.limits.ConnectionGuard` that holds accepted connections to "
+        "the node's limits (its status is in ``/status``), or None if there is none."
+    )
 
-        *dispatch* returns the reply value or a Deferred of it; raising a
-        :class:`nodedb.errors.NodeDBError` sends that error to the caller.
+    def serve(dispatch):
+        """Serve every incoming request with ``dispatch(request, channel)``; called before
+        :meth:`listen`.
+
+        *request* is the request map (``op``, ``id`` and the arguments), *channel* the
+        :class:`nodedb.wire.channel.Channel` it came on. The first request on every
+        connection is ``hello``. *dispatch* returns the reply value or a Deferred of it;
+        raising a :class:`nodedb.errors.NodeDBError` sends that error to the caller.
         """
 
     def listen():
         """:return: a Deferred that fires with the listening port once requests are served."""
 
     def call(address, op, arguments, timeout):
-        """Send a request to the host at *address* (``"host:port"``).
+        """Send a request to the host at *address* (``"host:port"``), over a connection
+        that is made on first use, opened with a ``hello`` request carrying the transport's
+        handshake arguments, kept up and made again when it drops.
 
         :return: a Deferred that fires with the reply value, or fails with the error the
             remote handler raised, :class:`~nodedb.errors.Timeout` after *timeout* seconds,
@@ -185,6 +232,33 @@ class IPeerTransport(Interface):
     def reachable(address):
         """:return: False when the connection to *address* is known to be down, True while
             it is up or has not been tried yet."""
+
+    def forget(address):
+        """Close the connection to *address* (a host that left or moved).
+
+        :return: a Deferred that fires once it is closed.
+        """
+
+    def peer_addresses():
+        """:return: the sorted addresses this transport keeps connections to."""
+
+
+class IPeerTransportPlugin(Interface):
+    """A peer transport that ``--transport NAME`` can select (found as storage plugins are)."""
+
+    name = Attribute("The name given to ``--transport``.")
+
+    def make_transport(options, reactor, hello, on_heartbeat, heartbeat_op):
+        """:return: a new, unstarted :class:`IPeerTransport`.
+
+        :param options: the node's :class:`nodedb.config.NodeConfig`.
+        :param hello: ``hello()`` -> the arguments of the handshake sent to peers.
+        :param on_heartbeat: ``on_heartbeat(address, rtt, reply)`` after each heartbeat to
+            a connected peer, every ``options.heartbeat_interval`` seconds (``rtt`` and
+            ``reply`` are None when it was not answered in time).
+        :param heartbeat_op: the request each heartbeat sends.
+        :raise nodedb.config.ConfigError: if the options do not suit this transport.
+        """
 
 
 class IGossip(Interface):

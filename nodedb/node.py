@@ -4,6 +4,7 @@ import math
 import os
 import random
 import time
+from functools import partial
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
@@ -18,7 +19,6 @@ from nodedb.config import DEFAULT_PARTITIONS, ConfigError
 from nodedb.gossip.service import GossipService, GossipTiming
 from nodedb.gossip.state import HostEntry
 from nodedb.health import cluster_health
-from nodedb.ids import IdAllocator
 from nodedb.logsync.service import LogSyncService, LogSyncTiming
 from nodedb.metrics import NodeMetrics
 from nodedb.query.api import RequestAPI
@@ -37,8 +37,6 @@ from nodedb.voting.recovery import STILL_SERVED, Fence
 from nodedb.voting.service import VotingService, VotingTiming
 from nodedb.voting.state import sequence_range
 from nodedb.wire.channel import PROTOCOL_VERSION
-from nodedb.wire.limits import Limits
-from nodedb.wire.transport import tcp_transport
 
 #: Meta keys that describe the cluster and this host's place in it.
 _IDENTITY_KEYS = ("host_id", "cluster_id", "partitions", "replicas", "partition_bits", "created", "held", "expect")
@@ -90,6 +88,7 @@ class NodeService(MultiService):
         cpu_rating=None,
         voting_timing=None,
         logsync_timing=None,
+        id_allocator_factory=None,
     ):
         super().__init__()
         self.logsync_timing = logsync_timing or LogSyncTiming(call_timeout=config.peer_timeout)
@@ -101,7 +100,8 @@ class NodeService(MultiService):
         self.rng = rng or random.Random(os.urandom(16))
         self.gossip_timing = gossip_timing or GossipTiming()
         self.voting_timing = voting_timing or VotingTiming()
-        self._transport_factory = transport_factory or self._tcp_transport
+        self._transport_factory = transport_factory
+        self._id_allocator_factory = id_allocator_factory
         self.started = None
         self.identity = None
         self.generation = None
@@ -154,20 +154,6 @@ class NodeService(MultiService):
             d.errback(outcome)
         else:
             d.callback(outcome)
-
-    def _tcp_transport(self, hello, on_heartbeat):
-        return tcp_transport(
-            self.reactor,
-            self.config.listen,
-            hello,
-            max_frame=self.config.max_frame_size,
-            heartbeat_interval=self.config.heartbeat_interval,
-            on_heartbeat=on_heartbeat,
-            heartbeat_op="gossip.ping",
-            tls=self.config.tls_context(),
-            client_cert=self.config.client_cert,
-            limits=Limits.from_config(self.config),
-        )
 
     async def _start(self):
         await self.storage.open()
@@ -447,7 +433,8 @@ class NodeService(MultiService):
         # where, and in which epoch's range; only a new (or pre-voting) cluster starts from
         # the partitions its identity records.
         held = [] if RaftDisk(self.storage).exists() else self.identity["held"]
-        self.ids = IdAllocator(self.storage.layout, {p: self.storage.partition_state(p).max_sequence for p in held})
+        marks = {p: self.storage.partition_state(p).max_sequence for p in held}
+        self.ids = self._id_allocator_factory(self.storage.layout, marks)
         self._allocating = bool(held)  # whether this host leads a partition to insert into
         self.local = LocalQuery(
             self.storage, self.ids, self.reactor, self.status, max_document_size=self.config.max_document_size
@@ -760,17 +747,22 @@ def make_node(
     :param storage: an :class:`~nodedb.interfaces.IStorageBackend` to use instead of the one
         ``config.storage`` names (tests pass a memory backend here).
     :param transport_factory: ``transport_factory(hello, on_heartbeat)`` -> an
-        :class:`~nodedb.interfaces.IPeerTransport` service, instead of TCP on ``config.listen``
-        (the simulator passes one on its in-memory network).
+        :class:`~nodedb.interfaces.IPeerTransport` service, instead of the one
+        ``config.transport`` names (the simulator passes one on its in-memory network).
     :param rng: the ``random.Random`` for gossip and coordinates (seeded in the simulator).
     :param gossip_timing: a :class:`~nodedb.gossip.service.GossipTiming`.
     :param cpu_rating: this host's CPU rating, instead of measuring it.
     :raise ConfigError: if the configuration names something that does not exist.
     """
-    if storage is None:
-        from nodedb.plugins import find_storage_plugin
+    from nodedb.interfaces import IIdAllocatorPlugin, IPeerTransportPlugin, IStorageBackendPlugin
+    from nodedb.plugins import find_plugin
 
-        storage = find_storage_plugin(config.storage).make_backend(config.data_dir, config, reactor)
+    if storage is None:
+        storage = find_plugin(IStorageBackendPlugin, config.storage).make_backend(config.data_dir, config, reactor)
+    if transport_factory is None:
+        plugin = find_plugin(IPeerTransportPlugin, config.transport)
+        transport_factory = partial(plugin.make_transport, config, reactor, heartbeat_op="gossip.ping")
+    allocators = find_plugin(IIdAllocatorPlugin, config.id_allocator)
     return NodeService(
         config,
         reactor,
@@ -782,4 +774,5 @@ def make_node(
         cpu_rating,
         voting_timing,
         logsync_timing,
+        partial(allocators.make_allocator, options=config, clock=reactor),
     )

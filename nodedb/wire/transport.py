@@ -1,14 +1,16 @@
 """The peer transport: the node's listening port, and one persistent connection per peer.
 
-It is built from two endpoint factories, so the same code runs on TCP (:func:`tcp_transport`)
-and on the simulator's in-memory network (:mod:`nodedb.testing.simulation`).
+It is built from two endpoint factories, so the same code runs on TCP (:func:`tcp_transport`),
+on Unix sockets between the hosts of one machine (:func:`unix_transport`) and on the
+simulator's in-memory network (:mod:`nodedb.testing.simulation`).
 """
 
+import os
 import random
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, serverFromString
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, UNIXServerEndpoint, serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -177,4 +179,31 @@ def tcp_transport(reactor, listen, hello, tls=None, client_cert=True, **options)
     server = serverFromString(reactor, listen)
     if tls is not None:
         server = tls.wrap_server(server, client_cert)
+    return PeerTransport(reactor, server, client_endpoint, hello, **options)
+
+
+#: File mode of a Unix transport's socket: the user and group the node runs as may connect.
+SOCKET_MODE = 0o660
+
+
+def socket_path(socket_dir, address):
+    """The Unix socket at which the host of *address* (``host:port``) listens in
+    *socket_dir*: ``127.0.0.1:7400`` listens at ``socket_dir/127.0.0.1_7400.sock``."""
+    return os.path.join(socket_dir, address.replace(":", "_") + ".sock")
+
+
+def unix_transport(reactor, socket_dir, address, hello, **options):
+    """A :class:`PeerTransport` on Unix sockets, for hosts that share one machine: this one
+    listens at ``socket_path(socket_dir, address)`` and reaches each peer at its own path.
+
+    The socket's file mode (:data:`SOCKET_MODE`) is what keeps other users out: there is no
+    TLS. A lock file next to the socket (``.sock.lock``) holds it for this process, and a
+    socket left by a process that died is removed when the next one listens.
+    """
+
+    def client_endpoint(peer):
+        return UNIXClientEndpoint(reactor, socket_path(socket_dir, peer), timeout=CONNECT_TIMEOUT)
+
+    raise_open_files_limit(options.get("limits") or Limits())
+    server = UNIXServerEndpoint(reactor, socket_path(socket_dir, address), mode=SOCKET_MODE, wantPID=True)
     return PeerTransport(reactor, server, client_endpoint, hello, **options)

@@ -1,13 +1,25 @@
-"""Element ids: the layout of the 64 bits, and the allocator that hands them out."""
+"""Element ids: the layout of the 64 bits, and what the shipped allocators do beyond the
+contract that tests/contract/test_id_allocators.py runs against both."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from zope.interface.verify import verifyObject
+from twisted.internet.task import Clock
 
 from nodedb.errors import InvalidRequest, Unavailable
-from nodedb.ids import INSERTS_PER_TURN, MAX_ID, IdAllocator, IdLayout, check_element_id
-from nodedb.interfaces import IIdAllocator
+from nodedb.ids import (
+    INSERTS_PER_TURN,
+    MAX_ID,
+    TICKS_PER_SECOND,
+    TIME_ORIGIN,
+    IdAllocator,
+    IdLayout,
+    TimeOrderedIdAllocator,
+    check_element_id,
+    created_by,
+    time_floor,
+)
+from nodedb.voting.state import sequence_range
 
 
 class TestIdLayout:
@@ -60,13 +72,9 @@ class TestCheckElementId:
 
 
 class TestIdAllocator:
+    """Sequential ids, partitions in turns."""
+
     layout = IdLayout()
-
-    def test_provides_the_interface(self):
-        assert verifyObject(IIdAllocator, IdAllocator(self.layout, {0: 0}))
-
-    def test_partitions_are_sorted(self):
-        assert IdAllocator(self.layout, {5: 0, 1: 3, 3: 0}).partitions() == [1, 3, 5]
 
     def test_allocate_continues_after_the_high_water_mark(self):
         ids = IdAllocator(self.layout, {2: 41, 3: 0})
@@ -74,36 +82,11 @@ class TestIdAllocator:
         assert ids.allocate(2) == self.layout.make(2, 43)
         assert ids.allocate(3) == self.layout.make(3, 1), "sequence 0 is never handed out"
 
-    def test_never_repeats(self):
-        ids = IdAllocator(self.layout, {0: 0, 1: 10, 2: 5}, inserts_per_turn=3)
-        seen = [ids.allocate(ids.choose_partition()) for _ in range(300)]
-        assert len(set(seen)) == len(seen)
-        for partition in (0, 1, 2):
-            mine = [i for i in seen if self.layout.partition_of(i) == partition]
-            assert mine == sorted(mine), "ids in a partition only ever grow"
-
-    def test_near_pins_the_partition(self):
-        ids = IdAllocator(self.layout, {0: 0, 7: 0, 9: 0})
-        other = self.layout.make(7, 12345)
-        for _ in range(5):
-            assert ids.choose_partition(near=other) == 7
-        assert self.layout.partition_of(ids.allocate(ids.choose_partition(near=other))) == 7
-
     def test_near_does_not_use_up_the_turn(self):
         ids = IdAllocator(self.layout, {0: 0, 1: 0}, inserts_per_turn=2)
         first = ids.choose_partition()
         ids.choose_partition(near=self.layout.make(1 - first, 1))
         assert ids.choose_partition() == first
-
-    def test_near_in_a_partition_not_held_is_unavailable(self):
-        ids = IdAllocator(self.layout, {0: 0})
-        with pytest.raises(Unavailable, match="partition 4 is not held"):
-            ids.choose_partition(near=self.layout.make(4, 1))
-
-    @pytest.mark.parametrize("near", [-1, MAX_ID + 1, "12", 1.5, True])
-    def test_near_must_be_an_id(self, near):
-        with pytest.raises(InvalidRequest):
-            IdAllocator(self.layout, {0: 0}).choose_partition(near=near)
 
     def test_partitions_take_turns(self):
         ids = IdAllocator(self.layout, {4: 0, 2: 0, 9: 0}, inserts_per_turn=3)
@@ -115,16 +98,6 @@ class TestIdAllocator:
         chosen = [ids.choose_partition() for _ in range(INSERTS_PER_TURN + 1)]
         assert chosen == [0] * INSERTS_PER_TURN + [1]
 
-    def test_no_partition_held_is_unavailable(self):
-        ids = IdAllocator(self.layout, {})
-        assert ids.partitions() == []
-        with pytest.raises(Unavailable, match="holds no partition"):
-            ids.choose_partition()
-
-    def test_allocating_in_a_partition_not_held_is_unavailable(self):
-        with pytest.raises(Unavailable, match="partition 8 is not held"):
-            IdAllocator(self.layout, {0: 0}).allocate(8)
-
     def test_an_exhausted_partition_is_unavailable(self):
         layout = IdLayout(partition_bits=32)
         ids = IdAllocator(layout, {1: layout.max_sequence - 2})
@@ -135,15 +108,76 @@ class TestIdAllocator:
         with pytest.raises(Unavailable):
             ids.allocate(1)
 
-    def test_the_high_water_marks_are_copied(self):
-        marks = {0: 5}
-        ids = IdAllocator(self.layout, marks)
-        ids.allocate(0)
-        assert marks == {0: 5}
 
+class TestTimeOrderedIdAllocator:
+    layout = IdLayout()
 
-def test_a_new_partition_map_never_lowers_a_high_water_mark():
-    allocator = IdAllocator(IdLayout(), {0: 0, 1: 0})
-    handed_out = [allocator.allocate(0) for _ in range(5)]  # not stored yet: storage still says 0
-    allocator.set_partitions({0: 0, 1: 0})
-    assert allocator.allocate(0) > max(handed_out)
+    def make(self, high_water_marks, at=100.0, **options):
+        """An allocator whose clock reads *at* seconds after the time origin."""
+        clock = Clock()
+        clock.advance(TIME_ORIGIN + at)
+        return TimeOrderedIdAllocator(self.layout, high_water_marks, clock, **options), clock
+
+    def sequence(self, element_id):
+        return self.layout.sequence_of(element_id)
+
+    def test_ids_follow_the_clock(self):
+        ids, clock = self.make({0: 0}, at=100.0)
+        assert self.sequence(ids.allocate(0)) == 1 + 100 * TICKS_PER_SECOND
+        clock.advance(1.0)
+        assert self.sequence(ids.allocate(0)) == 1 + 101 * TICKS_PER_SECOND
+        clock.advance(1 / TICKS_PER_SECOND)
+        assert self.sequence(ids.allocate(0)) == 1 + 101 * TICKS_PER_SECOND + 1
+
+    def test_inserts_faster_than_the_clock_run_on_one_by_one(self):
+        ids, clock = self.make({0: 0}, at=100.0)
+        sequences = [self.sequence(ids.allocate(0)) for _ in range(50)]
+        assert sequences == list(range(1 + 1600, 1 + 1650))
+        clock.advance(1.0)  # the clock has not caught up with the ids: they go on from the last
+        assert self.sequence(ids.allocate(0)) == 1651
+
+    def test_a_clock_that_goes_back_never_repeats_an_id(self):
+        ids, clock = self.make({0: 0}, at=100.0)
+        first = ids.allocate(0)
+        clock.advance(-50.0)
+        assert ids.allocate(0) == first + 1
+
+    def test_a_high_water_mark_ahead_of_the_clock_wins(self):
+        ids, _clock = self.make({0: 10**6}, at=100.0)
+        assert self.sequence(ids.allocate(0)) == 10**6 + 1
+
+    def test_ids_follow_the_clock_within_the_range_of_the_epoch(self):
+        ids, _clock = self.make({}, at=100.0)
+        first, _last = sequence_range(3)
+        ids.set_partitions({5: 0}, {5: sequence_range(3)})
+        assert self.sequence(ids.allocate(5)) == first + 100 * TICKS_PER_SECOND
+
+    def test_a_clock_beyond_the_end_of_the_range_is_ignored(self):
+        ids, _clock = self.make({}, at=10**6)  # 16 million ticks: past a range of 1000 sequences
+        ids.set_partitions({5: 0}, {5: (1000, 1999)})
+        assert [self.sequence(ids.allocate(5)) for _ in range(3)] == [1000, 1001, 1002]
+
+    def test_the_time_floor_finds_every_element_created_since(self):
+        """Elements made at or after a time T have ids at or above T's floor, and each id
+        tells a time by which its element existed."""
+        ids, clock = self.make({}, at=0.0)
+        first, _last = sequence_range(2)
+        ids.set_partitions({1: 0}, {1: sequence_range(2)})
+        made = []
+        for step in range(200):
+            clock.advance(0.013 if step % 3 else 0.2)
+            burst = 1 if step % 7 else 40  # now and then, more than the clock's 16 a second
+            made += [(clock.seconds(), self.sequence(ids.allocate(1))) for _ in range(burst)]
+        for when, sequence in made:
+            assert created_by(first, sequence) >= when
+            since = [s for w, s in made if w >= when]
+            assert min(since) >= time_floor(first, when)
+
+    def test_time_floor_and_created_by_are_the_origin_at_the_start_of_the_range(self):
+        assert time_floor(7, TIME_ORIGIN - 5) == 7
+        assert time_floor(7, TIME_ORIGIN + 2) == 7 + 2 * TICKS_PER_SECOND
+        assert created_by(7, 7 + 2 * TICKS_PER_SECOND - 1) == TIME_ORIGIN + 2
+
+    def test_partitions_take_turns_as_with_sequential_ids(self):
+        ids, _clock = self.make({4: 0, 2: 0, 9: 0}, inserts_per_turn=3)
+        assert [ids.choose_partition() for _ in range(12)] == [2, 2, 2, 4, 4, 4, 9, 9, 9, 2, 2, 2]
