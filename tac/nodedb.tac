@@ -36,13 +36,10 @@ node_config = config.NodeConfig(
     data_dir=os.path.abspath(os.environ.get("NODEDB_DATA", "data")),
     listen=os.environ.get("NODEDB_LISTEN", config.DEFAULT_LISTEN),
     admin=None if admin == "none" else admin,
-    # The other fields keep their defaults; spelled out, they are:
-    #   advertise=None, seeds=[], insecure=False, storage="lmdb",
-    #   replicas=3, partitions=64, bootstrap_expect=1 (read only when bootstrapping),
-    #   max_document_size=1 MiB, max_frame_size=4 MiB, map_size=64 GiB, max_types=1000,
-    #   and the connection limits (docs/running.md, "Connection limits"):
-    #   max_in_flight=256, max_peer_in_flight=4096, max_connections_per_address=64,
-    #   max_connections=4096, idle_timeout=300.0, handshake_timeout=10.0, frame_timeout=30.0.
+    # The other fields keep their defaults. Each is a `twistd nodedb` option, named as the
+    # field with dashes (but seeds is --seed, client_cert=False is --no-client-cert);
+    # docs/running.md and `twistd nodedb --help` give the defaults, such as storage="lmdb",
+    # transport="tcp", id_allocator="sequential" and replicas=3.
 )
 # NodeConfig checks itself when it is built and raises nodedb.config.ConfigError, with a
 # message naming the setting, if it cannot work (for example a non-loopback --listen without

@@ -51,3 +51,8 @@ def check_plugins(config):
     find_plugin(IStorageBackendPlugin, config.storage)
     find_plugin(IPeerTransportPlugin, config.transport)
     find_plugin(IIdAllocatorPlugin, config.id_allocator)
+
+
+def installed_plugins():
+    """:return: ``{kind: [name, ...]}`` of every plugin that can be found, by kind."""
+    return {kind: sorted(plugins_of(interface)) for interface, kind in _KINDS.items()}

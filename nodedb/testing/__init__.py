@@ -4,10 +4,12 @@
   has already fired, as Twisted's ``SynchronousTestCase`` methods of the same purpose do, but
   usable from plain pytest tests.
 - :mod:`nodedb.testing.network` joins protocols over in-memory connections.
-- :mod:`nodedb.testing.storage_contract` holds the behaviour every storage backend must show;
-  see ``docs/plugins.md``.
+- :mod:`nodedb.testing.storage_contract`, :mod:`~nodedb.testing.transport_contract` and
+  :mod:`~nodedb.testing.allocator_contract` hold the behaviour every storage backend, peer
+  transport and id allocator must show; see ``docs/plugins.md``.
 
-Nothing here touches the global reactor.
+Nothing here touches the global reactor, but for the transport contract, whose tests run
+over real connections inside it.
 """
 
 from twisted.internet import defer

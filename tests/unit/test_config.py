@@ -142,6 +142,13 @@ class TestNodeConfig:
             ({"advertise": "10.0.0.1"}, "--advertise: not a HOST:PORT"),
             ({"scan_idle_timeout": 0.5}, "--scan-idle-timeout"),
             ({"scan_idle_timeout": 86401}, "--scan-idle-timeout"),
+            ({"partitions": 1.5}, "--partitions must be an integer between 1 and 65536"),
+            ({"replicas": True}, "--replicas must be an integer between 1 and 9"),
+            ({"max_document_size": 1000}, "--max-document-size must be an integer of at least 1024 bytes"),
+            ({"map_size": 0}, "--map-size"),
+            ({"max_types": 0}, "--max-types"),
+            ({"peer_timeout": "2"}, "--peer-timeout must be between 0.05 and 300 seconds"),
+            ({"peer_retries": -1}, "--peer-retries must be an integer between 0 and 10"),
         ],
     )
     def test_settings_that_cannot_work_are_refused(self, tmp_path, fields, match):
@@ -161,6 +168,9 @@ class TestNodeConfig:
     def test_bounds_are_inclusive(self, tmp_path):
         NodeConfig(data_dir=str(tmp_path), partitions=65536, replicas=9, max_document_size=1024, max_frame_size=1024 + 65536)
         NodeConfig(data_dir=str(tmp_path), partitions=1, replicas=1, seeds=["[::1]:7400", "a.example:1"], advertise="h:7400")
+
+    def test_a_whole_number_of_seconds_is_a_number_of_seconds(self, tmp_path):
+        assert NodeConfig(data_dir=str(tmp_path), peer_timeout=2, remove_after=60).peer_timeout == 2
 
     def test_check_can_be_run_again_after_a_change(self, tmp_path):
         config = NodeConfig(data_dir=str(tmp_path))

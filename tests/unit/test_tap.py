@@ -37,6 +37,9 @@ def test_every_option(tmp_path):
         "--partitions", "128",
         "--insecure",
         "--storage", "memory",
+        "--transport", "unix",
+        "--id-allocator", "time",
+        "--socket-dir", "sockets",
         "--max-document-size", "2048",
         "--max-frame-size", "200000",
         "--map-size", "1000000",
@@ -48,6 +51,17 @@ def test_every_option(tmp_path):
     assert (c.replicas, c.partitions, c.insecure, c.storage) == (5, 128, True, "memory")
     assert (c.max_document_size, c.max_frame_size, c.map_size, c.max_types) == (2048, 200000, 1000000, 7)
     assert c.scan_idle_timeout == 5.0
+    assert (c.transport, c.id_allocator, c.socket_dir) == ("unix", "time", os.path.abspath("sockets"))
+
+
+def test_the_options_default_to_the_settings_table(tmp_path):
+    assert parse("--data", str(tmp_path)).config == config.NodeConfig(data_dir=str(tmp_path))
+
+
+def test_every_setting_is_an_option(tmp_path):
+    options = tap.Options()
+    given = {name for name, *_rest in options.optParameters} | {name for name, *_rest in options.optFlags} | {"seed"}
+    assert given == {s.option for s in config.SETTINGS.values()}
 
 
 def test_a_relative_data_directory_is_made_absolute(tmp_path, monkeypatch):
@@ -77,6 +91,9 @@ def test_malformed_command_lines_are_usage_errors(tmp_path, argv, message):
         (["--listen", "tcp:7400"], "--insecure"),
         (["--admin", "tcp:7480:interface=10.0.0.1"], "--admin"),
         (["--storage", "nosuch"], "unknown storage backend 'nosuch'; installed: "),
+        (["--transport", "pigeon"], "unknown transport 'pigeon'; installed: tcp, unix"),
+        (["--id-allocator", "dice"], "unknown id allocator 'dice'; installed: sequential, time"),
+        (["--peer-retries", "11"], "--peer-retries must be an integer between 0 and 10"),
         (["--seed", "nohost"], "--seed"),
     ],
 )
