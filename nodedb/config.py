@@ -81,7 +81,8 @@ _REQUIRED = object()
 
 
 def read_count(text):
-    """The command-line reading of a count: a decimal integer of at least 1."""
+    """The command-line reading of a count: a decimal integer of at least 1 (its bounds are
+    checked with every other setting's, by :meth:`NodeConfig.check`)."""
     number = int(text)
     if number < 1:
         raise ValueError("must be a positive integer")
@@ -97,6 +98,7 @@ def read_path(text):
 
 
 def read_endpoint_or_none(text):
+    """An endpoint description, or None for ``none``."""
     return None if text == "none" else text
 
 

@@ -68,6 +68,7 @@ class Options(usage.Options):
             raise SystemExit(f"twistd nodedb: {e}") from None
 
 
+# twistd takes a repeatable option as a method, opt_NAME, called with each value given.
 for _setting in SETTINGS.values():
     if _setting.repeated:
         setattr(Options, "opt_" + _setting.option.replace("-", "_"), _appender(_setting))
