@@ -7,15 +7,12 @@ import tempfile
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import UNIXClientEndpoint
 
-from nodedb.client import CLIENT_NAME, Client
+from nodedb import client as nodedb_client
 from nodedb.config import ConfigError, NodeConfig
 from nodedb.ids import IdAllocator, IdLayout, TimeOrderedIdAllocator, time_floor
 from nodedb.node import make_node
 from nodedb.storage.memory import MemoryStorage
-from nodedb.wire.channel import hello_request
-from nodedb.wire.connection import PersistentConnection
 from nodedb.wire.transport import PeerTransport, socket_path
 
 
@@ -44,23 +41,20 @@ async def test_a_node_on_the_unix_transport_with_time_ordered_ids(tmp_path, sock
         data_dir=str(tmp_path), admin=None, partitions=4, transport="unix", socket_dir=socket_dir, id_allocator="time"
     )
     node = await started(config)
-    connection = None
+    client = None
     try:
         assert isinstance(node.transport, PeerTransport) and isinstance(node.ids, TimeOrderedIdAllocator)
         address = node.address()
         assert address == "127.0.0.1:7400"  # the --listen address names the host; it is not listened on
         assert node.port.getHost().name.decode() == socket_path(socket_dir, address)
-        endpoint = UNIXClientEndpoint(reactor, socket_path(socket_dir, address))
-        connection = PersistentConnection(reactor, [(address, endpoint)], hello_request("client", client=CLIENT_NAME))
-        connection.start()
-        client = Client(connection, timeout=5)
+        client = await nodedb_client.connect(reactor, [f"unix:{socket_path(socket_dir, address)}"], timeout=5, learn_hosts=False)
         before = reactor.seconds()
         element = await client.insert("user", {"n": 1})
         assert await client.get("user", element) == ({"n": 1}, 1)
         assert IdLayout().sequence_of(element) >= time_floor(1, before)
     finally:
-        if connection is not None:
-            await connection.stop()
+        if client is not None:
+            await client.close()
         await node.stopService()
 
 
