@@ -390,3 +390,23 @@ class IQuery(Interface):
 
     def status():
         """:return: the status document served at ``/status``."""
+
+
+class ITransactions(Interface):
+    """Coordinates the transactions that span partitions: two-phase commit through the
+    partitions' own logs (``nodedb/transactions/``, docs/query.md). The router hands it each
+    such transaction whose home partition this host leads; the query layer reaches it only
+    through this interface.
+    """
+
+    def run(operations):
+        """Apply checked *operations* all or none; this host must be the primary of their home
+        partition.
+
+        :param operations: ``{"op": "insert"|"update"|"delete", "type": ..., ...}`` maps, as
+            :func:`nodedb.query.api.parse_transaction` returns them (``id`` for the element).
+        :return: a Deferred that fires with the results in order (each insert's new id, each
+            update's and delete's version). It fails with Conflict, NotFound, InvalidRequest or
+            Unavailable when nothing was applied, and with Timeout when the outcome is not
+            known yet (the partitions settle it).
+        """

@@ -25,7 +25,7 @@ from nodedb.query import relay
 from nodedb.query.api import parse_arguments, parse_transaction
 from nodedb.query.local import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from nodedb.query.scans import ScanService, ScanSettings, parse_batch
-from nodedb.transactions.service import plan, to_wire
+from nodedb.query.transaction_plan import plan, to_wire
 
 _WRITES = frozenset({"insert", "update", "delete", "transaction"})
 #: The longest a relay waits for the target (``--peer-timeout`` is at most 300 s).

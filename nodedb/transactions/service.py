@@ -30,68 +30,38 @@ records whenever a partition's epoch changes, so a new primary holds its predece
 """
 
 import collections
-from dataclasses import dataclass
 
 from twisted.application.service import Service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from nodedb import errors
 from nodedb.ids import check_element_id
+from nodedb.interfaces import ITransactions
 from nodedb.query.api import parse_transaction
+from nodedb.query.transaction_plan import plan
 from nodedb.storage import Delete, Insert, Update
+from nodedb.transactions.coordinator import (
+    Call,
+    Coordination,
+    Fail,
+    ForgetDecision,
+    LookUpDecision,
+    Succeed,
+    TransactionSettings,
+    WriteDecision,
+)
 from nodedb.transactions.locks import LockTable, Prepared, decode_record, encode_record
 from nodedb import codec
 from nodedb.codec import DECISION_TYPE, PREPARED_TYPE
 
+__all__ = ["TransactionService", "TransactionSettings"]
+
 #: Participants' recent completions, kept to answer a repeated tx.commit with its versions.
 _REMEMBERED = 4096
-
-
-@dataclass
-class TransactionSettings:
-    """:param timeout: the coordinator's budget for a whole transaction.
-    :param prepare_timeout: how long it waits for the prepares.
-    :param resolve_after: a participant asks the home about a prepare older than this.
-    :param check_interval: how often participants look for such prepares.
-    """
-
-    timeout: float = 4.0
-    prepare_timeout: float = 2.0
-    resolve_after: float = 5.0
-    check_interval: float = 1.0
-
-
-def plan(operations, partition_of):
-    """``(home, {partition: [operation index, ...]})`` of checked *operations*; home is None
-    when no operation names an id (inserts without ``near`` only)."""
-    home = None
-    groups = {}
-    for index, operation in enumerate(operations):
-        key = operation.get("id", operation.get("near"))
-        if key is None:
-            continue
-        partition = partition_of(key)
-        if home is None:
-            home = partition
-        groups.setdefault(partition, []).append(index)
-    if home is not None:
-        unplaced = [i for i, op in enumerate(operations) if op.get("id", op.get("near")) is None]
-        groups[home] = sorted(groups[home] + unplaced)
-    return home, groups
-
-
-def to_wire(operations):
-    """Checked operations back in their request form (``key`` for the element id)."""
-    wire = []
-    for operation in operations:
-        item = {name: value for name, value in operation.items() if name != "id" and value is not None}
-        if "id" in operation:
-            item["key"] = operation["id"]
-        wire.append(item)
-    return wire
 
 
 def _integer(request, name):
@@ -101,17 +71,7 @@ def _integer(request, name):
     return value
 
 
-def _first_error(failures):
-    """The error a client should see when prepares failed: its own mistake first, then a
-    conflict, then a missing element; anything else means nothing was applied (Unavailable)."""
-    for kind in (errors.InvalidRequest, errors.Conflict, errors.NotFound):
-        for failure in failures:
-            if isinstance(failure.value, kind):
-                return failure.value
-    reasons = "; ".join(str(f.value) for f in failures)
-    return errors.Unavailable(f"the transaction was aborted, nothing applied: {reasons}")
-
-
+@implementer(ITransactions)
 class TransactionService(Service):
     """Coordinates the transactions this host is home primary for; serves the participant's
     side of those of every partition it leads; resolves prepares left behind.
@@ -135,7 +95,7 @@ class TransactionService(Service):
         self.clock = clock
         self.settings = settings or TransactionSettings()
         self.locks = local.locks = LockTable(self._prepare_records, clock)
-        self._deciding = set()  # transactions coordinated here whose decision is not written yet
+        self._coordinating = {}  # tx -> the Coordination of a transaction coordinated here
         self._finishing = {}  # (partition, tx) -> Deferred of the completion under way
         self._finished = collections.OrderedDict()  # (partition, tx) -> versions
         self._check = LoopingCall(self._resolve_due)
@@ -178,69 +138,18 @@ class TransactionService(Service):
     def run(self, operations):
         """Apply checked *operations* (spanning partitions) all or none; this host must be the
         primary of their home partition. Fires with the results in order."""
-        return defer.ensureDeferred(self._coordinate(operations))
-
-    async def _coordinate(self, operations):
-        home, groups = plan(operations, self.layout.partition_of)
-        tx = self.local.ids.allocate(home)
-        # Checked before anything is prepared, so that a bad document aborts nothing.
-        units, kinds = self._home_changes(operations, groups[home], home)
-        deadline = self.clock.seconds() + self.settings.timeout
-        self._deciding.add(tx)
         try:
-            participants = sorted(p for p in groups if p != home)
-            requests = [
-                {"tx": tx, "p": p, "ops": to_wire([operations[i] for i in groups[p]])} for p in participants
-            ]
-            outcomes = await self._all(
-                [self._call(p, "tx.prepare", r, self.settings.prepare_timeout) for p, r in zip(participants, requests)]
-            )
-            prepared, failures = {}, []
-            for p, (ok, reply) in zip(participants, outcomes):
-                try:
-                    if ok:
-                        prepared[p] = _check_prepared(reply, len(groups[p]))
-                        continue
-                except errors.ProtocolError:
-                    reply = Failure()
-                failures.append(reply)
-            if failures:
-                await self._finish_all(tx, prepared, commit=False, deadline=deadline)
-                raise _first_error(failures)
-            decision = Insert(DECISION_TYPE, tx, codec.encode({"commit": True, "parts": participants}))
-            try:
-                home_results = await self._within(self.local.commit(units + [decision], owner=tx), deadline)
-            except (errors.Conflict, errors.NotFound, errors.InvalidRequest) as e:
-                # Refused before anything was written: abort. A Conflict on the decision itself
-                # means a participant's resolve aborted the transaction first.
-                await self._finish_all(tx, prepared, commit=False, deadline=deadline)
-                if self.storage.get(DECISION_TYPE, tx) is not None:
-                    raise errors.Unavailable("the transaction took too long and was aborted; nothing applied") from None
-                raise e from None
-            except errors.NodeDBError:
-                raise errors.Timeout(
-                    "the transaction's decision may or may not be committed; its partitions will settle it"
-                ) from None
-        finally:
-            self._deciding.discard(tx)
-        results = [None] * len(operations)
-        for index, kind, (element_id, version) in zip(groups[home], kinds, home_results):
-            results[index] = element_id if kind == "insert" else version
-        finished = await self._finish_all(tx, prepared, commit=True, deadline=deadline)
-        unconfirmed = [p for p in participants if p not in finished]
-        for p in participants:
-            for index, inserted, version in zip(groups[p], prepared[p]["ids"], finished.get(p, [])):
-                results[index] = inserted if inserted is not None else version
-        if unconfirmed:
-            raise errors.Timeout(
-                f"the transaction is committed, but partitions {unconfirmed} have not confirmed applying it yet; "
-                "they will"
-            )
-        self._forget_decision(tx)
-        return results
+            home, groups = plan(operations, self.layout.partition_of)
+            tx = self.local.ids.allocate(home)
+            # Checked before anything is prepared, so that a bad document aborts nothing.
+            units = self._home_changes(operations, groups[home], home)
+        except Exception:
+            return defer.fail()
+        coordination = Coordination(tx, operations, home, groups, units, self.settings, self.clock.seconds())
+        return _Coordinating(self, coordination).start()
 
     def _home_changes(self, operations, indexes, home):
-        units, kinds = [], []
+        units = []
         for index in indexes:
             operation = operations[index]
             kind = operation["op"]
@@ -252,30 +161,7 @@ class TransactionService(Service):
                 units.append(Update(operation["type"], operation["id"], data, operation.get("if_version")))
             else:
                 units.append(Delete(operation["type"], operation["id"], operation.get("if_version")))
-            kinds.append(kind)
-        return units, kinds
-
-    async def _finish_all(self, tx, prepared, commit, deadline):
-        """Tell every prepared participant the decision, retrying until *deadline*;
-        :return: ``{partition: versions}`` of those that confirmed."""
-        op = "tx.commit" if commit else "tx.abort"
-        finished = {}
-        pending = dict(prepared)
-        while pending:
-            parts = sorted(pending)
-            timeout = max(0.05, min(self.settings.prepare_timeout, deadline - self.clock.seconds()))
-            outcomes = await self._all(
-                [self._call(p, op, {"tx": tx, "p": p, "record": pending[p]["record"]}, timeout) for p in parts]
-            )
-            for p, (ok, reply) in zip(parts, outcomes):
-                if ok and type(reply) is dict and type(reply.get("versions")) is list:
-                    finished[p] = reply["versions"]
-                    del pending[p]
-            if pending and self.clock.seconds() + 0.1 < deadline:
-                await task.deferLater(self.clock, 0.1, lambda: None)
-            elif pending:
-                break
-        return finished
+        return units
 
     def _forget_decision(self, tx):
         d = self.local.commit([Delete(DECISION_TYPE, tx)])
@@ -290,32 +176,6 @@ class TransactionService(Service):
         if host == self.host_id:
             return defer.maybeDeferred(self._handlers[op], arguments)
         return self.call(host, op, arguments, timeout)
-
-    def _within(self, d, deadline):
-        """*d*, or Timeout at *deadline* (without cancelling *d*: a commit under way must
-        still land and be acknowledged)."""
-        outcome = defer.Deferred()
-
-        def expire():
-            if not outcome.called:
-                outcome.errback(errors.Timeout("the transaction ran out of time"))
-
-        timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), expire)
-
-        def done(result):
-            if timer.active():
-                timer.cancel()
-            if not outcome.called:
-                _relay(result, outcome)
-
-        d.addBoth(done)
-        return outcome
-
-    @staticmethod
-    async def _all(deferreds):
-        """``[(succeeded, result or Failure)]`` once every one of *deferreds* is done."""
-        outcomes = await defer.DeferredList(deferreds, consumeErrors=True)
-        return outcomes
 
     # -- the participant ----------------------------------------------------------------------
 
@@ -444,7 +304,8 @@ class TransactionService(Service):
     async def resolve(self, tx):
         """The decision of *tx*, as its home's primary: the committed decision record, or an
         abort written now if there is none."""
-        if tx in self._deciding:
+        coordination = self._coordinating.get(tx)
+        if coordination is not None and coordination.undecided:
             raise errors.Unavailable(f"transaction {tx} is being decided")
         try:
             doc, _version = await self.local.get(DECISION_TYPE, tx)
@@ -530,9 +391,71 @@ def _relay(result, follower):
         follower.callback(result)
 
 
-def _check_prepared(reply, count):
-    if type(reply) is not dict or type(reply.get("record")) is not int or type(reply.get("ids")) is not list:
-        raise errors.ProtocolError("malformed tx.prepare reply")
-    if len(reply["ids"]) != count:
-        raise errors.ProtocolError("malformed tx.prepare reply")
-    return reply
+
+class _Coordinating:
+    """Carries out the actions of one :class:`~nodedb.transactions.coordinator.Coordination`
+    and reports back what came of them and when its time came."""
+
+    def __init__(self, service, coordination):
+        self._service = service
+        self._coordination = coordination
+        self._outcome = defer.Deferred()
+        self._timer = None  # (when, IDelayedCall) of the wake the coordination asked for
+        self._perform = {
+            Call: self._send,
+            WriteDecision: self._write_decision,
+            LookUpDecision: self._look_up_decision,
+            ForgetDecision: lambda action: service._forget_decision(action.tx),
+            Succeed: lambda action: self._settle(self._outcome.callback, action.results),
+            Fail: lambda action: self._settle(self._outcome.errback, action.error),
+        }
+
+    def start(self):
+        self._service._coordinating[self._coordination.tx] = self._coordination
+        self._carry_out(self._coordination.start(self._now()))
+        return self._outcome
+
+    def _now(self):
+        return self._service.clock.seconds()
+
+    def _carry_out(self, actions):
+        for action in actions:
+            self._perform[type(action)](action)
+        self._set_timer()
+
+    def _send(self, call):
+        d = self._service._call(call.partition, call.op, call.arguments, call.timeout)
+        d.addCallbacks(
+            lambda reply: self._carry_out(self._coordination.answered(call.partition, reply, self._now())),
+            lambda failure: self._carry_out(self._coordination.failed(call.partition, failure.value, self._now())),
+        )
+
+    def _write_decision(self, action):
+        d = defer.maybeDeferred(self._service.local.commit, action.units, owner=self._coordination.tx)
+        d.addCallbacks(
+            lambda results: self._carry_out(self._coordination.decision_written(results, self._now())),
+            lambda failure: self._carry_out(self._coordination.decision_failed(failure.value, self._now())),
+        )
+
+    def _look_up_decision(self, _action):
+        found = self._service.storage.get(DECISION_TYPE, self._coordination.tx) is not None
+        self._carry_out(self._coordination.decision_looked_up(found))
+
+    def _settle(self, fire, outcome):
+        del self._service._coordinating[self._coordination.tx]
+        fire(outcome)
+
+    def _set_timer(self):
+        wake_at = self._coordination.wake_at
+        if self._timer is not None:
+            if self._timer[0] == wake_at:
+                return
+            self._timer[1].cancel()
+            self._timer = None
+        if wake_at is not None:
+            clock = self._service.clock
+            self._timer = (wake_at, clock.callLater(max(0.0, wake_at - clock.seconds()), self._wake))
+
+    def _wake(self):
+        self._timer = None
+        self._carry_out(self._coordination.wake(self._now()))
