@@ -24,11 +24,10 @@ from typing import Protocol
 
 from automat import TypeMachineBuilder
 
-from nodedb import errors
+from nodedb import codec, errors
+from nodedb.codec import DECISION_TYPE
 from nodedb.query.transaction_plan import to_wire
 from nodedb.storage import Insert
-from nodedb.wire import codec
-from nodedb.wire.codec import DECISION_TYPE
 
 #: How long after a round of outcomes the participants that did not confirm are asked again.
 RETRY_DELAY = 0.1

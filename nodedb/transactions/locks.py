@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
-from nodedb.errors import Unavailable
 from nodedb import codec
+from nodedb.errors import Unavailable
 
 
 @dataclass

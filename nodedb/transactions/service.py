@@ -1,32 +1,10 @@
-"""Two-phase commit whose prepare and decision records go through the partitions' logs.
+"""The Twisted side of two-phase commit (the protocol is in :mod:`nodedb.transactions`).
 
-A transaction's *home* is the partition of its first operation that names an id; the home's
-primary coordinates, and its inserts without ``near`` go there. The protocol:
-
-1. **Prepare.** The coordinator sends each other partition (a *participant*) its operations
-   (``tx.prepare``). The participant's primary locks the elements, allocates the ids of its
-   inserts and commits a prepare record (an element of the internal type ``nodedb.prepared``
-   holding the changes) through its replicated log. Once durable here it checks the changes
-   against the store, which then holds every write submitted before the prepare, and answers
-   once a majority has the record. A lock held by another transaction is a Conflict at once:
-   transactions never wait for each other, so they never deadlock.
-2. **Decision.** With every participant prepared, the coordinator commits, in one unit of the
-   home partition, the home's own changes and the decision record (``nodedb.decision``, keyed
-   by the transaction id). That commit is the transaction's commit point. A failed prepare
-   aborts instead.
-3. **Completion.** Each participant applies its prepared changes and deletes its prepare
-   record in one commit (``tx.commit``), or only deletes it (``tx.abort``). The decision record
-   is dropped once every participant has confirmed.
-
-**Recovery.** A participant whose prepare is older than ``resolve_after`` asks the home's
-primary (``tx.resolve``). That primary answers from the decision record (read-index, so only a
-committed decision counts) or, when there is none, writes an abort decision. Both decisions
-are inserts of the same element, so whichever commits first wins and the coordinator's commit
-then fails. So a transaction is decided exactly once, by a replicated write, whatever host
-dies: the participants finish it on their own.
-
-Locks live in memory (:class:`~nodedb.transactions.locks.LockTable`), rebuilt from the prepare
-records whenever a partition's epoch changes, so a new primary holds its predecessor's locks.
+:class:`TransactionService` carries out what the pure cores decide: the actions of each
+:class:`~nodedb.transactions.coordinator.Coordination` this host runs as a home primary, the
+participant's prepares and completions, and the periodic recovery of prepares left in doubt.
+It serves the ``tx.*`` peer operations and reaches other partitions' primaries through the
+``call`` it is given.
 """
 
 import collections
@@ -39,11 +17,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nodedb import errors
+from nodedb.codec import DECISION_TYPE, PREPARED_TYPE
 from nodedb.ids import check_element_id
 from nodedb.interfaces import ITransactions
 from nodedb.query.api import parse_transaction
 from nodedb.query.transaction_plan import plan
-from nodedb.storage import Delete, Insert, Update
+from nodedb.storage import Delete, Insert
 from nodedb.transactions.coordinator import (
     Call,
     Coordination,
@@ -55,8 +34,19 @@ from nodedb.transactions.coordinator import (
     WriteDecision,
 )
 from nodedb.transactions.locks import LockTable, Prepared, decode_record, encode_record
-from nodedb import codec
-from nodedb.codec import DECISION_TYPE, PREPARED_TYPE
+from nodedb.transactions.participant import (
+    abort_decision,
+    applied_versions,
+    changes_of,
+    check_changes,
+    check_scope,
+    check_unlocked,
+    completion_units,
+    decision_of,
+    in_doubt,
+    prepared_reply,
+    unit_of,
+)
 
 __all__ = ["TransactionService", "TransactionSettings"]
 
@@ -131,7 +121,14 @@ class TransactionService(Service):
             after = batch[-1][0]
 
     def _epoch(self, partition):
+        """The epoch of *partition*; :raise Unavailable: unless this host leads it now."""
         return self.local.replication.epochs((partition,))[partition]
+
+    def _epoch_if_leading(self, partition):
+        try:
+            return self._epoch(partition)
+        except errors.NodeDBError:
+            return None
 
     # -- the coordinator ----------------------------------------------------------------------
 
@@ -142,26 +139,14 @@ class TransactionService(Service):
             home, groups = plan(operations, self.layout.partition_of)
             tx = self.local.ids.allocate(home)
             # Checked before anything is prepared, so that a bad document aborts nothing.
-            units = self._home_changes(operations, groups[home], home)
+            units = [unit_of(c) for c in self._changes([operations[i] for i in groups[home]], home)]
         except Exception:
             return defer.fail()
         coordination = Coordination(tx, operations, home, groups, units, self.settings, self.clock.seconds())
         return _Coordinating(self, coordination).start()
 
-    def _home_changes(self, operations, indexes, home):
-        units = []
-        for index in indexes:
-            operation = operations[index]
-            kind = operation["op"]
-            if kind == "insert":
-                element_id = self.local.ids.allocate(home)
-                units.append(Insert(operation["type"], element_id, self.local.encode_document(operation["doc"])))
-            elif kind == "update":
-                data = self.local.encode_document(operation["doc"])
-                units.append(Update(operation["type"], operation["id"], data, operation.get("if_version")))
-            else:
-                units.append(Delete(operation["type"], operation["id"], operation.get("if_version")))
-        return units
+    def _changes(self, operations, partition):
+        return changes_of(operations, lambda: self.local.ids.allocate(partition), self.local.encode_document)
 
     def _forget_decision(self, tx):
         d = self.local.commit([Delete(DECISION_TYPE, tx)])
@@ -183,10 +168,7 @@ class TransactionService(Service):
         tx = check_element_id(request.get("tx"))
         partition = _integer(request, "p")
         operations = parse_transaction(request.get("ops"))
-        for operation in operations:
-            key = operation.get("id", operation.get("near"))
-            if key is not None and self.layout.partition_of(key) != partition:
-                raise errors.InvalidRequest(f"tx.prepare: element {key} is not in partition {partition}")
+        check_scope(operations, partition, self.layout.partition_of)
         return self.prepare(tx, partition, operations)
 
     def prepare(self, tx, partition, operations):
@@ -199,41 +181,19 @@ class TransactionService(Service):
             if self.storage.get(PREPARED_TYPE, known.record_id) is None:
                 raise errors.Unavailable(f"the prepare of transaction {tx} failed here")
             barrier = self.local.replication.read_barrier((partition,))
-            reply = _prepared_reply(known)
+            reply = prepared_reply(known)
             return defer.succeed(reply) if barrier is None else barrier.addCallback(lambda _: reply)
-        changes = []
-        for operation in operations:
-            kind = operation["op"]
-            if kind == "insert":
-                element_id = self.local.ids.allocate(partition)
-                changes.append([kind, operation["type"], element_id, self.local.encode_document(operation["doc"]), None])
-            else:
-                data = self.local.encode_document(operation["doc"]) if kind == "update" else None
-                changes.append([kind, operation["type"], operation["id"], data, operation.get("if_version")])
-        for change in changes:
-            holder = self.locks.holder(partition, epoch, (change[1], change[2]))
-            if holder is not None:
-                raise errors.Conflict(f"{change[1]} {change[2]} is in another transaction being committed")
+        changes = self._changes(operations, partition)
+        check_unlocked(changes, lambda key: self.locks.holder(partition, epoch, key))
         # Allocated last, so the partition's highest sequence covers the inserts' ids too.
         record_id = self.local.ids.allocate(partition)
         prepared = Prepared(tx, record_id, changes, self.clock.seconds())
         self.locks.acquire(partition, epoch, prepared)
         record = Insert(PREPARED_TYPE, record_id, encode_record(tx, changes))
-        d = self.local.commit([record], owner=tx, check=lambda: self._check_changes(changes))
-        d.addCallbacks(lambda _: _prepared_reply(prepared), self._prepare_failed, None, None, (partition, prepared))
+        d = self.local.commit([record], owner=tx, check=lambda: check_changes(changes, self.storage.get))
+        d.addCallbacks(lambda _: prepared_reply(prepared), self._prepare_failed, None, None, (partition, prepared))
         prepared.durable = _Shared(d)
         return prepared.durable.follow()
-
-    def _check_changes(self, changes):
-        for kind, record_type, element_id, _data, if_version in changes:
-            current = self.storage.get(record_type, element_id)
-            if kind == "insert":
-                if current is not None:
-                    raise errors.Conflict(f"element {element_id} already exists")
-            elif current is None:
-                raise errors.NotFound(f"{record_type} {element_id} not found")
-            elif if_version is not None and current[1] != if_version:
-                raise errors.Conflict(f"{record_type} {element_id} is at version {current[1]}, not {if_version}")
 
     def _prepare_failed(self, failure, partition, prepared):
         if failure.check(errors.Conflict, errors.NotFound):
@@ -277,17 +237,9 @@ class TransactionService(Service):
         recorded_tx, changes = decode_record(found[0])
         if recorded_tx != tx:
             raise errors.InvalidRequest(f"record {record_id} belongs to another transaction")
-        units = [Delete(PREPARED_TYPE, record_id)]
-        if commit:
-            units = [_unit(change) for change in changes] + units
-        results = await self.local.commit(units, owner=tx)
+        results = await self.local.commit(completion_units(record_id, changes, commit), owner=tx)
         self.locks.release(partition, tx)
-        versions = []
-        if commit:
-            versions = [
-                element_id if change[0] == "insert" else version
-                for change, (element_id, version) in zip(changes, results)
-            ]
+        versions = applied_versions(changes, results) if commit else []
         self._finished[(partition, tx)] = versions
         while len(self._finished) > _REMEMBERED:
             self._finished.popitem(last=False)
@@ -313,7 +265,7 @@ class TransactionService(Service):
         except errors.NotFound:
             pass
         try:
-            await self.local.commit([Insert(DECISION_TYPE, tx, codec.encode({"commit": False}))])
+            await self.local.commit([abort_decision(tx)])
             self._log.info("transaction {tx} aborted by a participant's resolve", tx=tx)
             return {"commit": False}
         except errors.Conflict:
@@ -321,14 +273,11 @@ class TransactionService(Service):
             return {"commit": doc["commit"]}
 
     def _resolve_due(self):
-        for partition, epoch, prepared in self.locks.due(self.clock.seconds() - self.settings.resolve_after):
-            try:
-                current = self._epoch(partition)
-            except errors.NodeDBError:
-                self.locks.drop(partition)
-                continue
-            if current != epoch:
-                continue
+        due = self.locks.due(self.clock.seconds() - self.settings.resolve_after)
+        ask, forget = in_doubt(due, self._epoch_if_leading)
+        for partition in forget:
+            self.locks.drop(partition)
+        for partition, prepared in ask:
             prepared.resolving = True
             home = self.layout.partition_of(prepared.tx)
             d = self._call(home, "tx.resolve", {"tx": prepared.tx}, self.settings.prepare_timeout)
@@ -336,28 +285,12 @@ class TransactionService(Service):
             d.addErrback(self._unresolved, partition, prepared)
 
     def _resolved(self, reply, partition, prepared):
-        commit = reply.get("commit") if type(reply) is dict else None
-        if type(commit) is not bool:
-            raise errors.ProtocolError("malformed tx.resolve reply")
-        return self._finish(partition, prepared.tx, prepared.record_id, commit)
+        return self._finish(partition, prepared.tx, prepared.record_id, decision_of(reply))
 
     def _unresolved(self, failure, partition, prepared):
         prepared.resolving = False
         self._log.debug("partition {p}: transaction {tx} not resolved yet: {e}", p=partition, tx=prepared.tx,
                         e=failure.value)
-
-
-def _unit(change):
-    kind, record_type, element_id, data, if_version = change
-    if kind == "insert":
-        return Insert(record_type, element_id, data)
-    if kind == "update":
-        return Update(record_type, element_id, data, if_version)
-    return Delete(record_type, element_id, if_version)
-
-
-def _prepared_reply(prepared):
-    return {"record": prepared.record_id, "ids": [c[2] if c[0] == "insert" else None for c in prepared.ops]}
 
 
 class _Shared:
