@@ -7,14 +7,13 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from nodedb import errors
+from nodedb import codec, errors
+from nodedb.codec import DECISION_TYPE
 from nodedb.ids import IdLayout
 from nodedb.interfaces import ITransactions
 from nodedb.storage import Delete
 from nodedb.testing import failure_result_of, no_result, success_result_of
 from nodedb.transactions.service import TransactionService, TransactionSettings
-from nodedb.wire import codec
-from nodedb.wire.codec import DECISION_TYPE
 
 LAYOUT = IdLayout(partition_bits=4)
 HOME, OTHER = 3, 5
