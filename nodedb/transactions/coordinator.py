@@ -126,6 +126,35 @@ def first_error(failures):
 _REFUSALS = (errors.Conflict, errors.NotFound, errors.InvalidRequest)
 
 
+class _Prepares:
+    """The prepares under way: who has answered, and how."""
+
+    def __init__(self, participants, counts):
+        self.counts = counts  # partition -> how many operations its prepare carries
+        self.unanswered = set(participants)
+        self.replies = {}  # partition -> its checked tx.prepare reply
+        self.refusals = {}  # partition -> why its prepare failed
+
+    def answered(self, partition, reply):
+        self.unanswered.discard(partition)
+        try:
+            self.replies[partition] = check_prepared(reply, self.counts[partition])
+        except errors.ProtocolError as e:
+            self.refusals[partition] = e
+
+    def failed(self, partition, error):
+        self.unanswered.discard(partition)
+        self.refusals[partition] = error
+
+    def settle(self, core, machine, now):
+        """Decide once every prepare has answered."""
+        if not self.unanswered:
+            if self.refusals:
+                machine.prepare_refused(now)
+            else:
+                machine.all_prepared(now)
+
+
 class _Round:
     """Telling the prepared participants an outcome (``tx.commit`` or ``tx.abort``) until each
     has confirmed or the transaction's time is up."""
@@ -155,18 +184,18 @@ class _Round:
             self.confirmed[partition] = reply["versions"]
             del self.pending[partition]
 
-    def failed(self, partition):
+    def failed(self, partition, error):
         self.asked.discard(partition)
 
-    def over(self, now):
-        """True once every participant confirmed or no time is left; otherwise (when all have
-        answered) sets :attr:`retry_at`."""
+    def settle(self, core, machine, now):
+        """Once everyone asked has answered: over when all confirmed or no time is left for
+        another try, otherwise ask again a little later."""
         if self.asked:
-            return False
+            return
         if self.pending and now + RETRY_DELAY < self.deadline:
-            self.retry_at = now + RETRY_DELAY
-            return False
-        return True
+            self.retry_at = core.wake_at = now + RETRY_DELAY
+        else:
+            machine.round_over(now)
 
 
 @dataclass
@@ -181,10 +210,9 @@ class _Core:
     settings: TransactionSettings
     deadline: float
     participants: list = field(default_factory=list)
-    prepared: dict = field(default_factory=dict)  # partition -> its checked tx.prepare reply
-    refusals: dict = field(default_factory=dict)  # partition -> why its prepare failed
-    unanswered: set = field(default_factory=set)  # partitions whose prepare has not answered
-    round: _Round = None
+    prepares: _Prepares = None
+    #: What collects the participants' answers now: the prepares, then a round of outcomes.
+    phase: object = None
     error: Exception = None  # what the client sees once an abort is done
     results: list = None
     decided: bool = False  # the decision is written, or this host gave up on writing it
@@ -195,30 +223,27 @@ class _Core:
         self.actions.extend(actions)
 
     def start_round(self, machine, op, now):
-        records = {p: reply["record"] for p, reply in self.prepared.items()}
-        self.round = _Round(op, self.tx, records, self.deadline, self.settings.prepare_timeout)
+        records = {p: reply["record"] for p, reply in self.prepares.replies.items()}
+        self.phase = _Round(op, self.tx, records, self.deadline, self.settings.prepare_timeout)
         self.wake_at = None
-        self.emit(*self.round.calls(now))
-        self.end_of_answer(machine, now)
-
-    def end_of_answer(self, machine, now):
-        if self.round.over(now):
-            machine.round_over(now)
-        else:
-            self.wake_at = self.round.retry_at
+        self.emit(*self.phase.calls(now))
+        self.phase.settle(self, machine, now)
 
 
 class _Inputs(Protocol):
-    """What a coordination hears (the public ones through :class:`Coordination`), and the
-    inputs it gives itself once what it heard settles the next step."""
+    """The steps of a coordination's lifecycle. A participant's answer is not one: the phase
+    under way collects it (:class:`_Prepares`, :class:`_Round`) and gives the machine the step
+    it settles, so the machine moves once per phase rather than once per participant."""
 
     # from the caller
     def start(self, now: float) -> None: ...
 
-    # from the participants
-    def answered(self, partition: int, reply: object, now: float) -> None: ...
+    # from the participants' answers, once a phase has them all
+    def all_prepared(self, now: float) -> None: ...
 
-    def failed(self, partition: int, error: Exception, now: float) -> None: ...
+    def prepare_refused(self, now: float) -> None: ...
+
+    def round_over(self, now: float) -> None: ...
 
     # from the home partition's log
     def decision_written(self, results: list, now: float) -> None: ...
@@ -231,15 +256,9 @@ class _Inputs(Protocol):
     def wake(self, now: float) -> None: ...
 
     # from itself
-    def all_prepared(self, now: float) -> None: ...
-
-    def prepare_refused(self, now: float) -> None: ...
-
     def decision_refused(self, error: Exception, now: float) -> None: ...
 
     def gave_up(self, error: Exception) -> None: ...
-
-    def round_over(self, now: float) -> None: ...
 
 
 def _build_machine():
@@ -257,37 +276,16 @@ def _build_machine():
     @preparing.upon(_Inputs.start).loop()
     def send_prepares(machine: _Inputs, core: _Core, now: float) -> None:
         core.participants = sorted(p for p in core.groups if p != core.home)
-        core.unanswered = set(core.participants)
+        core.prepares = core.phase = _Prepares(core.participants, {p: len(core.groups[p]) for p in core.participants})
         for p in core.participants:
             share = to_wire([core.operations[i] for i in core.groups[p]])
             core.emit(Call(p, "tx.prepare", {"tx": core.tx, "p": p, "ops": share}, core.settings.prepare_timeout))
-        if not core.unanswered:
-            machine.all_prepared(now)
-
-    def prepare_done(machine, core, partition, now):
-        core.unanswered.discard(partition)
-        if not core.unanswered:
-            if core.refusals:
-                machine.prepare_refused(now)
-            else:
-                machine.all_prepared(now)
-
-    @preparing.upon(_Inputs.answered).loop()
-    def prepare_answered(machine: _Inputs, core: _Core, partition: int, reply: object, now: float) -> None:
-        try:
-            core.prepared[partition] = check_prepared(reply, len(core.groups[partition]))
-        except errors.ProtocolError as e:
-            core.refusals[partition] = e
-        prepare_done(machine, core, partition, now)
-
-    @preparing.upon(_Inputs.failed).loop()
-    def prepare_failed(machine: _Inputs, core: _Core, partition: int, error: Exception, now: float) -> None:
-        core.refusals[partition] = error
-        prepare_done(machine, core, partition, now)
+        core.phase.settle(core, machine, now)
 
     @preparing.upon(_Inputs.prepare_refused).to(aborting)
     def abort(machine: _Inputs, core: _Core, now: float) -> None:
-        core.error = first_error([core.refusals[p] for p in core.participants if p in core.refusals])
+        refusals = core.prepares.refusals
+        core.error = first_error([refusals[p] for p in core.participants if p in refusals])
         core.start_round(machine, "tx.abort", now)
 
     # -- deciding: the home's changes and the decision record, in one commit -----------------
@@ -353,28 +351,19 @@ def _build_machine():
 
     for telling in (aborting, withdrawing, committing):
 
-        @telling.upon(_Inputs.answered).loop()
-        def outcome_answered(machine: _Inputs, core: _Core, partition: int, reply: object, now: float) -> None:
-            core.round.answered(partition, reply)
-            core.end_of_answer(machine, now)
-
-        @telling.upon(_Inputs.failed).loop()
-        def outcome_failed(machine: _Inputs, core: _Core, partition: int, error: Exception, now: float) -> None:
-            core.round.failed(partition)
-            core.end_of_answer(machine, now)
-
         @telling.upon(_Inputs.wake).loop()
         def ask_again(machine: _Inputs, core: _Core, now: float) -> None:
-            if core.round.retry_at is not None:
+            if core.phase.retry_at is not None:
                 core.wake_at = None
-                core.emit(*core.round.calls(now))
+                core.emit(*core.phase.calls(now))
 
     @committing.upon(_Inputs.round_over).to(done)
     def committed(machine: _Inputs, core: _Core, now: float) -> None:
-        confirmed = core.round.confirmed
+        confirmed = core.phase.confirmed
         unconfirmed = [p for p in core.participants if p not in confirmed]
         for p in core.participants:
-            for index, inserted, version in zip(core.groups[p], core.prepared[p]["ids"], confirmed.get(p, [])):
+            ids = core.prepares.replies[p]["ids"]
+            for index, inserted, version in zip(core.groups[p], ids, confirmed.get(p, [])):
                 core.results[index] = inserted if inserted is not None else version
         if unconfirmed:
             core.emit(
@@ -449,12 +438,14 @@ class Coordination:
 
     def answered(self, partition, reply, now):
         """*partition*'s primary replied to the last :class:`Call` sent to it."""
-        self._machine.answered(partition, reply, now)
+        self._core.phase.answered(partition, reply)
+        self._core.phase.settle(self._core, self._machine, now)
         return self._actions()
 
     def failed(self, partition, error, now):
         """The last :class:`Call` to *partition* failed with *error*."""
-        self._machine.failed(partition, error, now)
+        self._core.phase.failed(partition, error)
+        self._core.phase.settle(self._core, self._machine, now)
         return self._actions()
 
     def decision_written(self, results, now):
