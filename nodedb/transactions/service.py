@@ -293,38 +293,6 @@ class TransactionService(Service):
                         e=failure.value)
 
 
-class _Shared:
-    """The outcome of one Deferred, for any number of followers, early or late."""
-
-    def __init__(self, d):
-        self.done = False
-        self._result = None
-        self._followers = []
-        d.addBoth(self._finished)
-
-    def _finished(self, result):
-        self.done, self._result = True, result
-        followers, self._followers = self._followers, []
-        for follower in followers:
-            _relay(result, follower)
-
-    def follow(self):
-        follower = defer.Deferred()
-        if self.done:
-            _relay(self._result, follower)
-        else:
-            self._followers.append(follower)
-        return follower
-
-
-def _relay(result, follower):
-    if isinstance(result, Failure):
-        follower.errback(result)
-    else:
-        follower.callback(result)
-
-
-
 class _Coordinating:
     """Carries out the actions of one :class:`~nodedb.transactions.coordinator.Coordination`
     and reports back what came of them and when its time came."""
@@ -392,3 +360,34 @@ class _Coordinating:
     def _wake(self):
         self._timer = None
         self._carry_out(self._coordination.wake(self._now()))
+
+
+class _Shared:
+    """The outcome of one Deferred, for any number of followers, early or late."""
+
+    def __init__(self, d):
+        self.done = False
+        self._result = None
+        self._followers = []
+        d.addBoth(self._finished)
+
+    def _finished(self, result):
+        self.done, self._result = True, result
+        followers, self._followers = self._followers, []
+        for follower in followers:
+            _relay(result, follower)
+
+    def follow(self):
+        follower = defer.Deferred()
+        if self.done:
+            _relay(self._result, follower)
+        else:
+            self._followers.append(follower)
+        return follower
+
+
+def _relay(result, follower):
+    if isinstance(result, Failure):
+        follower.errback(result)
+    else:
+        follower.callback(result)
