@@ -48,6 +48,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -73,6 +74,7 @@ from twisted.internet import defer, task, threads  # noqa: E402
 from nodedb.client import connect  # noqa: E402
 from nodedb.errors import NodeDBError  # noqa: E402
 from nodedb.ids import IdLayout  # noqa: E402
+from nodedb.security import ca  # noqa: E402
 from nodedb.voting import policy  # noqa: E402
 
 RECORD_TYPE = "bench"
@@ -162,10 +164,14 @@ class Node:
         self.child.stop()  # closes the log
 
 
-def get_json(host, port, path, timeout):
+def get_json(host, port, path, timeout, https=None):
     """GET *path* of an admin site (blocking, in a thread): ``(HTTP status, JSON body)``, or
-    ``(None, None)`` if the node does not answer."""
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    ``(None, None)`` if the node does not answer. *https*: the SSLContext for the HTTPS admin
+    site of a node that runs with ``--tls`` (see :func:`https_context`)."""
+    if https is None:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    else:
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=https)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -180,25 +186,53 @@ def get_json(host, port, path, timeout):
         return response.status, None
 
 
-def _get_status(host, port, timeout):
+def _get_status(host, port, timeout, https):
     """GET /status (blocking, in a thread): the JSON, or None if the node does not answer."""
-    code, view = get_json(host, port, "/status", timeout)
+    code, view = get_json(host, port, "/status", timeout, https)
     return view if code == 200 else None
 
 
+def https_context(client_tls):
+    """The SSLContext that reaches the admin site of ``--tls`` nodes: it trusts the cluster CA
+    and presents the client certificate of *client_tls* (a ``nodedb ca client`` directory)."""
+    context = ssl.create_default_context(cafile=os.path.join(client_tls, "ca.pem"))
+    context.load_cert_chain(os.path.join(client_tls, "cert.pem"), os.path.join(client_tls, "key.pem"))
+    return context
+
+
 class Cluster:
-    def __init__(self, reactor, work_dir, size=NODES, node_args=()):
+    """*size* nodes, every one started with *node_args*. With *tls*, a CA made under
+    *work_dir* gives each node a certificate for its address and ``--tls``, and
+    ``client_tls`` is a client certificate directory to pass to ``connect``."""
+
+    def __init__(self, reactor, work_dir, size=NODES, node_args=(), tls=False):
         self.reactor = reactor
         self.size = size
         self.node_args = list(node_args)  # given to every node
         self.hosts = loopback_hosts(size)
         self.work_dir = work_dir
-        self.nodes = [Node("n0", self.hosts[0], work_dir, ["--replicas", str(REPLICAS), *self.node_args])]
+        self.authority = os.path.join(work_dir, "ca") if tls else None
+        self.client_tls = self._https = None
+        if tls:
+            ca.init_ca(self.authority)
+            ca.issue_client(self.authority, "bench")
+            self.client_tls = os.path.join(self.authority, "clients", "bench")
+            self._https = https_context(self.client_tls)
+        self.nodes = [self._node(0, ["--replicas", str(REPLICAS)])]
         self.why = None  # why the last replicated() check failed
+
+    def _node(self, index, args):
+        """Node n*index* on its host, started with *args*, then *node_args* and its TLS."""
+        host = self.hosts[index]
+        tls = []
+        if self.authority is not None:
+            ca.issue_host(self.authority, host)
+            tls = ["--tls", os.path.join(self.authority, "hosts", host)]
+        return Node(f"n{index}", host, self.work_dir, [*args, *self.node_args, *tls])
 
     async def status(self, node, timeout=2.0):
         """The node's /status, or None if it does not answer in time."""
-        return await threads.deferToThread(_get_status, node.host, node.admin_port, timeout)
+        return await threads.deferToThread(_get_status, node.host, node.admin_port, timeout, self._https)
 
     async def wait(self, condition, deadline, what, node=None):
         """Poll ``await condition()`` until it is true; :return: the seconds it took."""
@@ -229,7 +263,7 @@ class Cluster:
         began = time.monotonic()
         await self.start_node(self.nodes[0])
         for i in range(1, self.size):
-            node = Node(f"n{i}", self.hosts[i], self.work_dir, ["--seed", self.nodes[0].address, *self.node_args])
+            node = self._node(i, ["--seed", self.nodes[0].address])
             self.nodes.append(node)
             await self.start_node(node)
         await self.wait(self.replicated, FORM_DEADLINE, "replication to be complete")

@@ -96,14 +96,36 @@ def phase_figures(count, elapsed, latencies=None):
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid):
-    """User plus system CPU seconds of process *pid* so far (None where /proc is missing)."""
+def _stat_fields(pid):
+    """The fields of ``/proc/PID/stat`` after the command name (None if it cannot be read)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_seconds(pid):
+    """User plus system CPU seconds so far of process *pid* and its live descendants (a node
+    started with ``--workers`` runs its workers as child processes); None where /proc is
+    missing."""
+    if _stat_fields(pid) is None:
+        return None
+    stats = {}
+    children = {}
+    for entry in os.listdir("/proc"):
+        fields = _stat_fields(entry) if entry.isdigit() else None
+        if fields is not None:
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    total, pending = 0, [pid]
+    while pending:
+        process = pending.pop()
+        fields = stats.get(process)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+        pending.extend(children.get(process, ()))
+    return total / _TICK
 
 
 async def measured(child, phase):
