@@ -57,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from single_node import (  # noqa: E402  (single_node also puts the working tree first on sys.path)
     BenchError,
     Child,
+    add_run_options,
     check_setup,
     cpu_seconds,
     drive,
@@ -689,9 +690,7 @@ def main(argv=None):
     parser.add_argument("--inflight", type=positive, default=64, help="requests in flight (default 64)")
     parser.add_argument("--doc-size", type=positive, default=100, help="encoded size of each document in bytes (default 100)")
     parser.add_argument("--outage-writes", type=positive, default=5000, help="inserts while the killed host is down (default 5000)")
-    parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
-    parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
-    parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs (the path is printed)")
+    add_run_options(parser)
     parser.add_argument(
         "--spare",
         action="store_true",

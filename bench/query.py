@@ -44,8 +44,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import NODES, PARTITIONS, REPLICAS, Cluster, measured  # noqa: E402  (puts the working tree first on sys.path)
 from single_node import (  # noqa: E402
-    REPO_ROOT,
     BenchError,
+    add_run_options,
     cpu_seconds,
     drive,
     environment,
@@ -54,10 +54,10 @@ from single_node import (  # noqa: E402
     percentile,
     positive,
     run_bench,
+    warn_unless_working_tree,
 )
 
 
-import nodedb  # noqa: E402
 from nodedb.client import connect  # noqa: E402
 from nodedb.errors import Conflict, NodeDBError  # noqa: E402
 from nodedb.ids import IdLayout  # noqa: E402
@@ -365,14 +365,11 @@ def main(argv=None):
         action="store_true",
         help="load element N near partition N mod 64, through the node leading it (default: where each node puts it)",
     )
-    parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
-    parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
-    parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs (the path is printed)")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     if args.page > 10_000:
         parser.error("--page must be at most 10000 (the largest scan page)")
-    if not os.path.abspath(nodedb.__file__).startswith(REPO_ROOT + os.sep):
-        print(f"warning: nodedb imported from {nodedb.__file__}, not from {REPO_ROOT}", file=sys.stderr)
+    warn_unless_working_tree()
     return run_bench(bench, args, keep=args.keep)
 
 

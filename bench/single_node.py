@@ -589,18 +589,30 @@ def main(argv=None):
     parser.add_argument("--count", type=positive, default=50_000, help="operations per phase (default 50000)")
     parser.add_argument("--inflight", type=positive, default=64, help="requests in flight; also the raw LMDB group size (default 64)")
     parser.add_argument("--doc-size", type=positive, default=100, help="encoded size of each document in bytes (default 100)")
-    parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
-    parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
+    add_run_options(parser, keep=False)
     args = parser.parse_args(argv)
     check_setup(parser, args)
 
     return run_bench(bench, args)
 
 
-def check_setup(parser, args):
-    """Warn when nodedb is not the working tree's; refuse a document size that cannot be."""
+def add_run_options(parser, keep=True):
+    """The options of a bench that starts nodes: --repeat, --json and (with *keep*) --keep."""
+    parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
+    parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
+    if keep:
+        parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs (the path is printed)")
+
+
+def warn_unless_working_tree():
+    """Warn when nodedb is not imported from the working tree (the one to bench)."""
     if not os.path.abspath(nodedb.__file__).startswith(REPO_ROOT + os.sep):
         print(f"warning: nodedb imported from {nodedb.__file__}, not from {REPO_ROOT}", file=sys.stderr)
+
+
+def check_setup(parser, args):
+    """Warn when nodedb is not the working tree's; refuse a document size that cannot be."""
+    warn_unless_working_tree()
     try:
         make_document(args.doc_size)
     except BenchError as e:

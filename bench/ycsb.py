@@ -51,19 +51,19 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import PARTITIONS, REPLICAS, Cluster, measured  # noqa: E402  (puts the working tree first on sys.path)
 from single_node import (  # noqa: E402
-    REPO_ROOT,
     BenchError,
+    add_run_options,
     environment,
     median_tree,
     phase_figures,
     positive,
     run_bench,
     runs_summary,
+    warn_unless_working_tree,
 )
 
 from twisted.internet import defer, task  # noqa: E402
 
-import nodedb  # noqa: E402
 from nodedb.client import connect  # noqa: E402
 from nodedb.errors import NodeDBError  # noqa: E402
 from nodedb.query.cursor import encode_cursor  # noqa: E402
@@ -91,7 +91,8 @@ class Workload:
     mix: tuple  # ((operation kind, proportion), ...)
 
     def describe(self):
-        return ", ".join(f"{share:.0%} {kind}" for kind, share in self.mix)
+        mix = ", ".join(f"{share:.0%} {kind}" for kind, share in self.mix)
+        return f"{self.name} {self.about}: {mix}" if self.about else f"{self.name}: {mix}"
 
     def share(self, kind):
         return dict(self.mix).get(kind, 0.0)
@@ -104,7 +105,7 @@ WORKLOADS = {
     "e": Workload("E", "short ranges", (("scan", 0.95), ("insert", 0.05))),
     "f": Workload("F", "read-modify-write", (("read", 0.5), ("rmw", 0.5))),
 }
-LOAD = Workload("load", "the records", (("insert", 1.0),))
+LOAD = Workload("load", "", (("insert", 1.0),))
 DEFAULT_ORDER = "a,b,c,f,e"  # YCSB's recommended order; E last, as it inserts
 
 
@@ -288,7 +289,7 @@ def latency_figures(count, elapsed, latencies):
     return {"p50_ms": math.nan, "p99_ms": math.nan, **phase_figures(count, elapsed, latencies)}
 
 
-async def measure(cluster, clients, operations, workload, count, seconds, args, rng):
+async def measure(cluster, clients, operations, workload, count, seconds, inflight, rng):
     """Run *workload* on *cluster* and :return: ``(figures, Counter of the errors' names)``.
     A node that exits stops the run (rather than every operation waiting for its timeout)."""
     halt = []
@@ -304,7 +305,7 @@ async def measure(cluster, clients, operations, workload, count, seconds, args, 
     watchdog.start(WATCH_EVERY, now=False)
     stop_at = time.perf_counter() + seconds if seconds else math.inf
     try:
-        phase = WorkloadRun(clients, operations, workload, rng, count, stop_at, halt).run(args.inflight)
+        phase = WorkloadRun(clients, operations, workload, rng, count, stop_at, halt).run(inflight)
         figures, outcome = await measured(cluster.nodes, phase)
     finally:
         watchdog.stop()
@@ -344,7 +345,9 @@ async def run_configuration(reactor, work_dir, size, args):
         records = Records(args.fields, args.field_length, rng)
         ids = []
         errors = {}
-        figures["load"], errors["load"] = await measure(cluster, clients, Operations(ids, records, rng), LOAD, args.records, None, args, rng)
+        figures["load"], errors["load"] = await measure(
+            cluster, clients, Operations(ids, records, rng), LOAD, args.records, None, args.inflight, rng
+        )
         if not ids:
             raise BenchError(f"no insert of the load succeeded: {dict(errors['load'])}")
         count = math.inf if args.seconds else args.operations
@@ -354,7 +357,7 @@ async def run_configuration(reactor, work_dir, size, args):
             chooser = ScrambledZipfian(len(ids) + int(2 * workload.share("insert") * args.operations), rng)
             operations = Operations(ids, records, rng, chooser, args.max_scan_length)
             figures[workload.name], errors[workload.name] = await measure(
-                cluster, clients, operations, workload, count, args.seconds, args, rng
+                cluster, clients, operations, workload, count, args.seconds, args.inflight, rng
             )
         return figures, errors
     except NodeDBError as e:
@@ -380,20 +383,20 @@ def report(args, medians, runs, errors, temp_root, took):
         )
         print()
         print(f"{name} on loopback ({extras}), formed in {m['formed_s']:.1f} s:")
-        print(f"  {'workload':<40} {'ops/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7} {'cli%':>5} {'srv%':>5}")
+        print(f"  {'workload':<42} {'ops/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>7} {'cli%':>5} {'srv%':>5}")
         for workload in [LOAD] + [WORKLOADS[letter] for letter in args.workloads]:
             f = m[workload.name]
             print(
-                f"  {workload.name + ': ' + workload.describe():<40} {f['ops_per_s']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
+                f"  {workload.describe():<42} {f['ops_per_s']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
                 f"{f['errors']:>7,.0f} {f['client_cpu_pct']:>5.0f} {f.get('servers_cpu_pct', math.nan):>5.0f}"
             )
-            if len(workload.mix) > 1 or "items_per_scan" in f["kinds"].get("scan", {}):
+            if len(workload.mix) > 1:
                 for kind, k in f["kinds"].items():
                     label = f"{kind} (mean {k['items_per_scan']:.1f} records)" if kind == "scan" else kind
-                    print(f"      {label:<36} {k['ops_per_s']:>9,.0f} {k['p50_ms']:>7.2f} {k['p99_ms']:>7.2f}")
+                    print(f"      {label:<38} {k['ops_per_s']:>9,.0f} {k['p50_ms']:>7.2f} {k['p99_ms']:>7.2f}")
         failed = [f"{phase}: " + ", ".join(f"{n} {what}" for what, n in counted.most_common()) for phase, counted in errors[name].items() if counted]
         if failed:
-            print(f"  errors over {runs_summary(args)[len('median of '):]}: " + "; ".join(failed))
+            print(f"  errors in {args.repeat} run{'s' if args.repeat > 1 else ''}: " + "; ".join(failed))
     print("  (ops/s: successful operations; p50/p99 of the successful ones; rmw = get + update with if_version;")
     print("   cli%/srv%: CPU of the bench process and of the nodes together, in % of one core)")
     print(f"took {took:.1f} s")
@@ -466,16 +469,13 @@ def main(argv=None):
     parser.add_argument("--max-scan-length", type=positive, default=100, help="longest scan of E (default 100, as YCSB)")
     parser.add_argument("--tls", action="store_true", help="run every node with --tls (a CA and certificates made for the run)")
     parser.add_argument("--workers", type=positive, help="pass --workers N to every node (needs nodes that have --workers)")
-    parser.add_argument("--repeat", type=positive, default=1, help="runs; each figure is the median of them (default 1)")
-    parser.add_argument("--json", action="store_true", help="also print the figures as a JSON object")
-    parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs (the path is printed)")
+    add_run_options(parser)
     args = parser.parse_args(argv)
     if args.seconds is not None and not 0 < args.seconds <= 86_400:
         parser.error("--seconds must be more than 0 and at most 86400")
     if args.workers and "workers=" not in NodeOptions().longOpt:
         parser.error("--workers needs nodes that have the --workers option (issue 14); this nodedb has none")
-    if not os.path.abspath(nodedb.__file__).startswith(REPO_ROOT + os.sep):
-        print(f"warning: nodedb imported from {nodedb.__file__}, not from {REPO_ROOT}", file=sys.stderr)
+    warn_unless_working_tree()
     return run_bench(bench, args, keep=args.keep)
 
 
