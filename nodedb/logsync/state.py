@@ -14,6 +14,15 @@ The follower's side of every rule lives in :func:`nodedb.storage.apply.apply_rep
 
 from dataclasses import dataclass, field
 
+from nodedb.logsync.resync import Resync
+
+#: What a part of a ``logsync.append`` message carries: entries after ``prev`` (or a probe),
+#: or a page of a full resync.
+APPEND, RESYNC_PAGE = "append", "resync"
+#: What an answer asks of the primary (:meth:`PrimaryProgress.answered`): a full resync of the
+#: follower from the start, or nothing more since its full resync is complete.
+NEEDS_RESYNC, RESYNCED = "needs resync", "resynced"
+
 
 def majority(count):
     """How many of *count* replicas make a majority: of the replica set for a write to be
@@ -42,30 +51,6 @@ def choose_primary(answers, prefer=None):
     if eligible.get(prefer) == best:
         return prefer
     return min(host for host, position in eligible.items() if position == best)
-
-
-@dataclass
-class Resync:
-    """A full copy of the partition to one follower, as of commit *base* (whose entry has
-    *base_epoch*): pages of elements follow one record type after another."""
-
-    base: int
-    base_epoch: int
-    types: tuple
-    type_index: int = 0
-    after: int = -1  # last element id sent of the current type
-    reset_sent: bool = False
-    done_sent: bool = False
-    copied: int = 0
-    # Where the last acknowledged page left off, to send again after a lost message.
-    acked: tuple = (0, -1, False, 0)
-
-    def checkpoint(self):
-        self.acked = (self.type_index, self.after, self.reset_sent, self.copied)
-
-    def rewind(self):
-        self.type_index, self.after, self.reset_sent, self.copied = self.acked
-        self.done_sent = False
 
 
 @dataclass
@@ -123,6 +108,55 @@ class PrimaryProgress:
         if state is not None and state.resync is None:
             state.next = self.last + 1
 
+    def page_sent(self, follower):
+        """A page of *follower*'s resync is on its way (one at a time)."""
+        self.progress[follower].in_flight = True
+
+    def page_lost(self, follower):
+        """The page on its way to *follower* got no answer: send it again from the last page
+        the follower confirmed."""
+        state = self.progress.get(follower)
+        if state is not None:
+            state.in_flight = False
+            if state.resync is not None:
+                state.resync.rewind()
+
+    def answered(self, follower, kind, sequence, accepted, last, last_epoch, syncing, epoch_at):
+        """*follower* answered the part of message *sequence* that carried *kind* (APPEND or
+        RESYNC_PAGE): it took it or not (*accepted*), its log ends at *last* (an entry of
+        *last_epoch*), and it is in a full resync or not (*syncing*).
+
+        :param epoch_at: as for :meth:`position`.
+        :return: NEEDS_RESYNC when the follower must get a full resync from the start (it
+            refused a page, its resync was interrupted, or its log diverged from ours),
+            RESYNCED when its full resync is complete, else None.
+        """
+        state = self.progress.get(follower)
+        if state is None:
+            return None
+        if kind == RESYNC_PAGE:
+            state.in_flight = False
+            if not accepted:
+                return NEEDS_RESYNC
+            if state.resync is None:
+                return None
+            outcome = None
+            if state.resync.done_sent:
+                self.resynced(follower)
+                outcome = RESYNCED
+            else:
+                state.resync.checkpoint()
+            self.accepted(follower, last, sequence)
+            return outcome
+        if accepted:
+            self.accepted(follower, last, sequence)
+            return None
+        if syncing:
+            return NEEDS_RESYNC  # an interrupted resync: start it again
+        if type(last) is int and type(last_epoch) is int and self.position(follower, last, last_epoch, epoch_at):
+            return NEEDS_RESYNC  # diverged
+        return None
+
     def position(self, follower, last, last_epoch, epoch_at):
         """*follower* refused an append: its log ends at *last*, an entry of *last_epoch*.
 
@@ -152,6 +186,25 @@ class PrimaryProgress:
         base, state.resync = state.resync.base, None
         state.match = base
         state.next = base + 1
+
+    def waiting(self, follower):
+        """How many of our entries wait to be shipped to *follower*."""
+        state = self.progress.get(follower)
+        return 0 if state is None else max(0, self.last - state.next + 1)
+
+    def has_more(self, follower):
+        """Whether *follower* is owed more than a probe: entries, or pages of its resync."""
+        state = self.progress.get(follower)
+        return state is not None and (state.resync is not None or state.next <= self.last)
+
+    def with_followers(self, followers):
+        """This view for a replica set whose followers are now *followers*: those that stay
+        keep what we know of them, those that join start as new followers do."""
+        changed = PrimaryProgress(self.partition, self.epoch, tuple(followers), self.last)
+        for host in changed.followers:
+            if host in self.progress:
+                changed.progress[host] = self.progress[host]
+        return changed
 
     def committed(self):
         """The highest commit id that a majority of the replica set has durably."""

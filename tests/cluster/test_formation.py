@@ -145,8 +145,8 @@ def handing_over(choice, to):
 
     def moment(cluster):
         for host in cluster.live():
-            primaries = host.node.logsync._primaries if host.node.logsync is not None else {}
-            if any(p.handoff is not None and p.handoff[0] == host_id(to) for p in primaries.values()):
+            leads = host.node.logsync.primaries.leads if host.node.logsync is not None else {}
+            if any(lead.handing_over_to == host_id(to) for lead in leads.values()):
                 return host if choice == "from" else to
         return None
 

@@ -9,7 +9,9 @@ from twisted.internet import defer, task
 
 from nodedb import errors
 from nodedb.ids import IdLayout
-from nodedb.logsync.service import LogSyncService, parse_part
+from nodedb.logsync.messages import parse_part
+from nodedb.logsync.packer import Packer
+from nodedb.logsync.service import LogSyncService, LogSyncTiming
 from nodedb.storage import Append, Insert, Load, Promise, Reset
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, no_result, success_result_of
@@ -787,14 +789,15 @@ def test_an_election_ignores_syncing_answers_and_honours_prefer_on_ties():
 def test_a_primary_ships_a_commits_entries_together():
     """A batch ends where a commit ends, even when that commit alone is longer than a batch,
     so that no follower (and no primary a failover picks) holds part of a transaction."""
-    host = Host("a")
-    host.service.timing = dataclasses.replace(host.service.timing, batch_entries=3)
+    storage = MemoryStorage(layout=LAYOUT)
+    success_result_of(storage.open())
+    packer = Packer(storage, dataclasses.replace(LogSyncTiming(), batch_entries=3))
     commits = [[1], [2, 3, 4], [5], [6, 7, 8, 9, 10], [11]]
     for sequences in commits:
-        success_result_of(host.storage.commit([Insert("doc", eid(0, s), b"x") for s in sequences], 1.0))
+        success_result_of(storage.commit([Insert("doc", eid(0, s), b"x") for s in sequences], 1.0))
 
     def batch(prev):
-        return [e.commit_id for e in host.service._whole_commits(0, prev)]
+        return [e.commit_id for e in packer.whole_commits(0, prev)]
 
     assert batch(0) == [1]  # 1 | 2 3 4: the batch of 3 would cut the second commit
     assert batch(1) == [2, 3, 4]
