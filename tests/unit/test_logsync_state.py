@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodedb.logsync.state import PrimaryProgress, choose_primary, majority
+from nodedb.logsync.state import (
+    APPEND,
+    NEEDS_RESYNC,
+    RESYNC_PAGE,
+    RESYNCED,
+    PrimaryProgress,
+    choose_primary,
+    majority,
+)
 
 # -- quorums ---------------------------------------------------------------------------------
 
@@ -287,6 +295,103 @@ def test_confirmed_since_counts_neither_strangers_nor_followers_missing_from_sen
 
 def test_a_replica_set_of_one_is_always_confirmed():
     assert PrimaryProgress(0, 1, (), last=3).confirmed_since({})
+
+
+# -- PrimaryProgress: answers ------------------------------------------------------------------
+
+
+def never(commit_id):
+    raise AssertionError("epoch_at needs not be asked")
+
+
+def test_an_accepted_append_moves_the_match_and_confirms_the_message():
+    progress = PrimaryProgress(0, 1, ("b", "c"), last=4)
+    assert progress.answered("b", APPEND, 2, True, 4, 1, False, never) is None
+    state = progress.progress["b"]
+    assert (state.match, state.next, state.confirmed) == (4, 5, 2)
+    assert progress.committed() == 4
+
+
+def test_a_refused_append_from_a_prefix_continues_and_a_diverged_one_needs_a_resync():
+    progress = PrimaryProgress(0, 3, ("b", "c"), last=6)
+    log = our_log([1, 1, 2, 2, 3, 3])
+    assert progress.answered("b", APPEND, 1, False, 4, 2, False, log) is None
+    assert progress.progress["b"].next == 5
+    assert progress.answered("c", APPEND, 1, False, 4, 1, False, log) == NEEDS_RESYNC
+    # A malformed position says nothing: no resync, nothing moves.
+    assert progress.answered("c", APPEND, 1, False, "4", 1, False, never) is None
+    assert progress.progress["c"].next == 7
+
+
+def test_a_follower_still_in_an_old_resync_needs_a_new_one():
+    progress = PrimaryProgress(0, 3, ("b",), last=6)
+    assert progress.answered("b", APPEND, 1, False, 0, 0, True, never) == NEEDS_RESYNC
+
+
+def test_pages_checkpoint_until_the_last_one_completes_the_resync():
+    progress = PrimaryProgress(0, 2, ("b", "c"), last=10)
+    resync = progress.start_resync("b", 10, 2, ["doc"])
+    progress.page_sent("b")
+    resync.reset_sent, resync.after, resync.copied = True, 5, 3
+    assert progress.answered("b", RESYNC_PAGE, 1, True, 0, 0, True, never) is None
+    assert progress.progress["b"].in_flight is False
+    assert resync.acked == (0, 5, True, 3)
+    progress.page_sent("b")
+    resync.done_sent = True
+    assert progress.answered("b", RESYNC_PAGE, 2, True, 10, 2, False, never) == RESYNCED
+    state = progress.progress["b"]
+    assert (state.resync, state.match, state.next, state.confirmed, state.in_flight) == (None, 10, 11, 2, False)
+
+
+def test_a_refused_page_needs_a_resync_from_the_start():
+    progress = PrimaryProgress(0, 2, ("b",), last=10)
+    progress.start_resync("b", 10, 2, ["doc"])
+    progress.page_sent("b")
+    assert progress.answered("b", RESYNC_PAGE, 1, False, 0, 0, True, never) == NEEDS_RESYNC
+    assert progress.progress["b"].in_flight is False
+
+
+def test_a_lost_page_is_sent_again_from_the_last_confirmed_one():
+    progress = PrimaryProgress(0, 2, ("b",), last=10)
+    resync = progress.start_resync("b", 10, 2, ["doc", "user"])
+    resync.reset_sent, resync.after = True, 7
+    resync.checkpoint()
+    progress.page_sent("b")
+    resync.type_index, resync.after, resync.done_sent = 1, -1, True
+    progress.page_lost("b")
+    assert progress.progress["b"].in_flight is False
+    assert (resync.type_index, resync.after, resync.done_sent) == (0, 7, False)
+    progress.page_lost("x")  # a stranger: nothing to do
+
+
+def test_answers_from_strangers_change_nothing():
+    progress = PrimaryProgress(0, 1, ("b",), last=4)
+    assert progress.answered("x", APPEND, 1, True, 4, 1, False, never) is None
+    assert progress.answered("x", RESYNC_PAGE, 1, False, 0, 0, True, never) is None
+    assert set(progress.progress) == {"b"} and progress.committed() == 0
+
+
+def test_waiting_and_has_more():
+    progress = PrimaryProgress(0, 1, ("b", "c"), last=3)
+    assert progress.waiting("b") == 0 and not progress.has_more("b")
+    progress.appended(7)
+    assert progress.waiting("b") == 4 and progress.has_more("b")
+    progress.sent("b", 7)
+    assert progress.waiting("b") == 0 and not progress.has_more("b")
+    progress.start_resync("c", 7, 1, ["doc"])
+    assert progress.has_more("c")
+    assert progress.waiting("x") == 0 and not progress.has_more("x")
+
+
+def test_with_followers_keeps_those_that_stay_and_adds_new_ones_at_our_end():
+    progress = PrimaryProgress(0, 1, ("b", "c"), last=8)
+    progress.accepted("b", 8, 3)
+    changed = progress.with_followers(("b", "d"))
+    assert changed.followers == ("b", "d") and changed.last == 8
+    assert changed.progress["b"] is progress.progress["b"]
+    assert (changed.progress["d"].match, changed.progress["d"].next) == (0, 9)
+    assert "c" not in changed.progress
+    assert changed.committed() == 8
 
 
 # -- properties --------------------------------------------------------------------------------
