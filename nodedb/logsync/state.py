@@ -4,10 +4,11 @@ The primary appends to the partition's commit log and ships entries to the follo
 replica set. :class:`PrimaryProgress` tracks, per follower, what it has durably (``match``),
 what to send it next, whether it needs a full resync (its log diverged from ours, or ours no
 longer reaches back to where it stands), and which append messages it confirmed (for the
-read barrier). It answers the two questions the primary acts on: up to which commit id a
-majority of the replica set has the log (:meth:`committed`: writes up to there are
-acknowledged), and up to which commit id every replica has it (:meth:`fully_replicated`:
-the log, tombstones included, may be dropped up to there).
+read barrier). It judges each answer a follower gives (:meth:`answered`: go on, continue
+from the follower's end, or start a full resync) and answers the two questions the primary
+acts on: up to which commit id a majority of the replica set has the log (:meth:`committed`:
+writes up to there are acknowledged), and up to which commit id every replica has it
+(:meth:`fully_replicated`: the log, tombstones included, may be dropped up to there).
 
 The follower's side of every rule lives in :func:`nodedb.storage.apply.apply_replication`.
 """
