@@ -11,10 +11,12 @@ A :class:`Lead` goes through a lifecycle (an automat machine, drawn in
 - **promising**: the promise to lead the epoch is being written; nothing is taken yet.
 - **leading**: the ready primary: it takes writes and serves reads.
 - **handing_over**: a planned move: writes are refused until the chosen follower holds
-  everything (then **handed_over**, still refusing writes until the map moves on), or until
-  the deadline passes (then **leading** again).
+  everything, then **handed_over**: still refused, so that the election that follows finds
+  the follower complete; either way writes resume (**leading**) once the deadline passes
+  and the map has not moved on meanwhile.
 - **fenced**: a replica promised a newer epoch; nothing is taken any more, and the election
-  that fenced it is asked for again every ``election_retry`` seconds.
+  that fenced it is asked for again every ``election_retry`` seconds. A handoff under way
+  fails at its deadline.
 
 Beside the lifecycle it keeps the writes waiting for a majority and the reads waiting for
 their barrier, each with a deadline, and says which of them to fire (:class:`Settled`) when
@@ -25,7 +27,7 @@ the replication progress (:class:`nodedb.logsync.state.PrimaryProgress`) or the 
 import bisect
 import itertools
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from automat import TypeMachineBuilder
 
@@ -38,8 +40,7 @@ PROMISING, LEADING, HANDING_OVER, HANDED_OVER, FENCED = "promising", "leading", 
 STRANGER, NEWER_EPOCH = "stranger", "newer epoch"
 
 
-@dataclass(frozen=True)
-class Settled:
+class Settled(NamedTuple):
     """A waiter to fire: with *result*, or failed with *error*."""
 
     waiter: object
