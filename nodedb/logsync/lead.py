@@ -218,6 +218,15 @@ class Lead:
         read_error = errors.Unavailable(f"partition {self.partition} changes primary; try again")
         return [Settled(w[-1], error=write_error) for w in writes] + [Settled(r[-1], error=read_error) for r in reads]
 
+    def give_up_handoff(self):
+        """:return: the handoff's waiter to fail because this host no longer leads the
+        partition (the map moved on, or the node stops): its caller must not wait for ever."""
+        handoff, self.handoff = self.handoff, None
+        if handoff is None or handoff.waiter is None:
+            return []
+        return [Settled(handoff.waiter, error=errors.Unavailable(
+            f"partition {self.partition}: this host stopped leading it during the handoff"))]
+
     # -- the followers' answers --------------------------------------------------------------
 
     def answered(self, follower, kind, sequence, accepted, last, last_epoch, epoch, syncing, epoch_at):

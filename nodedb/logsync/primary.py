@@ -95,7 +95,8 @@ class Primaries:
         self._schedule_pump()
 
     def _step_down(self, partition, write_error=None):
-        self._settle(self.leads.pop(partition).abandon(write_error))
+        lead = self.leads.pop(partition)
+        self._settle(lead.abandon(write_error) + lead.give_up_handoff())
 
     def fence(self, lead):
         """A replica promised an epoch newer than *lead*'s: stop taking writes, ask for the
@@ -268,12 +269,12 @@ class Primaries:
         return waiting
 
     def _send(self, link):
+        address = self.address_of(link.host)
+        if address is None:
+            return  # nothing packed (so nothing marked in flight): the next beat tries again
         parts, sent = self.packer.pack(link, self.leads, self.clock.seconds())
         if not parts:
             link.idle()
-            return
-        address = self.address_of(link.host)
-        if address is None:
             return
         sequence = link.sending(lead.partition for lead, _kind in sent)
         d = self.transport.call(address, "logsync.append", {"parts": parts}, self.timing.call_timeout)

@@ -753,6 +753,49 @@ def test_a_handoff_that_does_not_finish_in_time_lets_writes_resume():
     assert host.service.epochs([0]) == {0: 1}
 
 
+def test_a_handoff_fails_when_the_map_moves_on_before_it_finishes():
+    # The Voting leader waits on this Deferred with no timeout of its own: a primary that
+    # stops leading mid-handoff must answer, or the leader never plans another move.
+    host = primary_host()
+    write = host.service.acknowledge(host.write(0, 1))
+    handoff = host.service.handoff(0, 1, "b")
+    host.pump()  # b and c never answer
+    no_result(handoff)
+    host.service.update(cluster({0: (("c", "a", "b"), 2)}))
+    failure_result_of(handoff, errors.Unavailable)
+    failure_result_of(write, errors.Timeout)
+
+
+def test_a_handoff_fails_when_the_service_stops():
+    host = primary_host()
+    host.service.acknowledge(host.write(0, 1)).addErrback(lambda failure: None)
+    handoff = host.service.handoff(0, 1, "b")
+    host.pump()
+    no_result(handoff)
+    host.service.stopService()
+    failure_result_of(handoff, errors.Unavailable)
+
+
+def test_a_resync_page_for_a_follower_whose_address_is_unknown_goes_once_it_is_known():
+    # Packing a page marks it in flight: a page packed for a host with no address would
+    # wait for an answer that never comes, and that follower's resync would stall.
+    known = {"b": "b:1", "c": "c:1"}
+    host = Host("a")
+    host.service.primaries.address_of = known.get
+    success_result_of(host.storage.replicate([Promise(0, 1, lead=True)]))
+    success_result_of(host.storage.commit([Insert("doc", eid(0, 1), b"x")], 1.0, {0: 1}))
+    host.service.update(cluster({0: (("a", "b", "c"), 2)}))
+    first = host.pump()
+    first["b"].reply([True, 1, 1, 2, False])
+    del known["c"]
+    first["c"].reply([False, 1, 0, 2, False])  # diverged: c needs a full resync
+    assert "c" not in host.pump()
+    known["c"] = "c:1"
+    host.clock.advance(host.service.timing.heartbeat)
+    [to_c] = host.pump()["c"].args["parts"]
+    assert "reset" in to_c and to_c["load"] == [["doc", eid(0, 1), b"x", 1]]
+
+
 def test_an_election_picks_the_most_complete_of_enough_answers():
     host = Host("z")  # the voting leader, not a replica
     chosen = host.service.elect({0: (2, ("a", "b", "c"))})
