@@ -1,103 +1,29 @@
-"""The request API every host serves: checks each request, then hands it to :class:`IQuery`.
+"""The request API every host serves: checks each request, then hands it to its handler.
 
-This is the boundary where untrusted maps become typed calls. Every argument is checked here
-(type names, ids, versions, documents, filters) and any unknown field is refused, so the
-layers below can trust what they are given. See docs/protocol.md for each message.
+This is the boundary where untrusted maps become typed calls. Each operation is registered
+with its :class:`~nodedb.wire.schema.Schema` (the client operations' are in
+:data:`CLIENT_OPERATIONS`), every request is checked against it once, here (type names, ids,
+versions, documents, filters; an unknown field is refused), and its handler gets the checked
+arguments, so the layers below can trust what they are given. The client operations are
+served by the node's :class:`~nodedb.interfaces.IQuery`. See docs/protocol.md for each message.
 """
+
+from dataclasses import dataclass
+from functools import partial
+from types import MappingProxyType
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nodedb import errors
-from nodedb.ids import check_element_id
-from nodedb import codec
 from nodedb.wire.channel import PROTOCOL_VERSION
+from nodedb.wire.requests import PING, REQUESTS, STATUS, parse_arguments
+from nodedb.wire.schema import Field, Kind, Schema
 
 MAX_TRANSACTION_OPERATIONS = 10_000
-
-
-def _version(value):
-    if value is None:
-        return None
-    if type(value) is not int or value < 0:
-        raise errors.InvalidRequest("a version is a non-negative integer")
-    return value
-
-
-def _limit(value):
-    if value is None:
-        return None
-    if type(value) is not int:
-        raise errors.InvalidRequest("limit is an integer")
-    return value
-
-
-def _optional_id(value):
-    return None if value is None else check_element_id(value)
-
-
-def _cursor(value):
-    if value is not None and type(value) is not str:
-        raise errors.InvalidRequest("cursor is text")
-    return value
-
-
-def _consistency(value):
-    if value not in (None, "linearizable", "replica"):
-        raise errors.InvalidRequest('consistency is "linearizable" (the default) or "replica"')
-    return None if value == "linearizable" else value
-
-
-def _where(value):
-    if value is not None and type(value) is not dict:
-        raise errors.InvalidRequest("where is a map")
-    return value
-
-
-#: For each operation, its fields: name -> (checker, required).
-_FIELDS = {
-    "insert": {"type": (codec.check_type_name, True), "doc": (codec.check_document, True), "near": (_optional_id, False)},
-    "get": {
-        "type": (codec.check_type_name, True),
-        "key": (check_element_id, True),
-        "consistency": (_consistency, False),
-    },
-    "update": {
-        "type": (codec.check_type_name, True),
-        "key": (check_element_id, True),
-        "doc": (codec.check_document, True),
-        "if_version": (_version, False),
-    },
-    "delete": {"type": (codec.check_type_name, True), "key": (check_element_id, True), "if_version": (_version, False)},
-    "scan": {
-        "type": (codec.check_type_name, True),
-        "where": (_where, False),
-        "limit": (_limit, False),
-        "cursor": (_cursor, False),
-    },
-}
-_ENVELOPE = frozenset({"id", "op"})
-_ALLOWED = {op: frozenset(fields) for op, fields in _FIELDS.items()}
 _OP_ONLY = frozenset({"op"})
-
-
-def parse_arguments(op, message, ignore=_ENVELOPE):
-    """The checked arguments of *op* taken from *message*, as keyword arguments.
-
-    :raise InvalidRequest: for a missing, mistyped or unknown field.
-    """
-    fields = _FIELDS[op]
-    if not message.keys() <= _ALLOWED[op] | ignore:
-        unknown = sorted(map(repr, message.keys() - _ALLOWED[op] - ignore))
-        raise errors.InvalidRequest(f"{op}: unknown field {unknown[0]}")
-    arguments = {}
-    for name, (check, required) in fields.items():
-        if name in message:
-            arguments[name] = check(message[name])
-        elif required:
-            raise errors.InvalidRequest(f"{op}: missing field {name!r}")
-    return arguments
 
 
 def parse_transaction(operations):
@@ -122,6 +48,36 @@ def parse_transaction(operations):
     return parsed
 
 
+TRANSACTION = Schema(
+    "transaction",
+    (Field("ops", Kind("array", parse_transaction), required=True, check_missing=True, argument="operations"),),
+)
+#: The client operations (``hello``, the handshake, aside) and their schemas. Each is served
+#: by the :class:`~nodedb.interfaces.IQuery` method of the same name, but ``ping``.
+CLIENT_OPERATIONS = {**REQUESTS, "transaction": TRANSACTION, "status": STATUS, "ping": PING}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An operation a node serves.
+
+    :ivar handler: ``handler(**arguments)``, given the arguments *schema* checked; or, for an
+        operation registered without a schema, ``handler(request)``, given the request map
+        as it came, which it checks itself.
+    :ivar schema: a :class:`~nodedb.wire.schema.Schema`, or None.
+    :ivar peer: served on peer connections only.
+    """
+
+    handler: Callable
+    schema: Schema = None
+    peer: bool = True
+
+    def serve(self, request):
+        if self.schema is None:
+            return self.handler(request)
+        return self.handler(**self.schema.arguments(request))
+
+
 class RequestAPI:
     """Serves the client and peer requests of one node over any :class:`Channel`.
 
@@ -142,29 +98,26 @@ class RequestAPI:
         self._admit_request = admit_request
         self.clock = clock
         self.metrics = metrics
-        self._handlers = {
-            "insert": self._insert,
-            "get": self._get,
-            "update": self._update,
-            "delete": self._delete,
-            "scan": self._scan,
-            "transaction": self._transaction,
-            "status": self._status,
-            "ping": self._ping,
-        }
-        self._peer_ops = set()
+        self._operations = {}
+        for op, schema in CLIENT_OPERATIONS.items():
+            self.register(op, _pong if op == "ping" else partial(self._ask_query, op), client=True, schema=schema)
 
-    def register(self, op, handler, client=False):
+    @property
+    def operations(self):
+        """``{op: Operation}`` of every operation served (``hello`` aside), read-only."""
+        return MappingProxyType(self._operations)
+
+    def register(self, op, handler, client=False, schema=None):
         """Serve *op* (a peer operation such as ``gossip.push``, or with *client* one that
-        clients may send too, such as ``admin.recover``) with ``handler(request)``.
+        clients may send too, such as ``admin.recover``) with *handler*: with a *schema*,
+        ``handler(**arguments)`` gets the arguments it checked; without, ``handler(request)``
+        gets the request map, to check itself.
 
         Peer operations are served only on connections whose hello said ``role: peer``.
         """
-        if op in self._handlers:
+        if op in self._operations:
             raise ValueError(f"op {op!r} is already served")
-        self._handlers[op] = handler
-        if not client:
-            self._peer_ops.add(op)
+        self._operations[op] = Operation(handler, schema, peer=not client)
 
     def dispatch(self, request, channel):
         """Serve one request from *channel* (see :class:`nodedb.wire.channel.Channel`)."""
@@ -173,16 +126,16 @@ class RequestAPI:
             if op != "hello":
                 raise errors.ProtocolError("the first request on a connection must be hello")
             return self._greet(request, channel)
-        handler = self._handlers.get(op) if type(op) is str else None
-        if handler is None or (op in self._peer_ops and channel.role != "peer"):
+        operation = self._operations.get(op) if type(op) is str else None
+        if operation is None or (operation.peer and channel.role != "peer"):
             raise errors.InvalidRequest(f"unknown op {op!r}")
         if self._admit_request is not None:
             self._admit_request(op, channel)
         if self.metrics is None:
-            return handler(request)
+            return operation.serve(request)
         start = self.clock.seconds()
         try:
-            result = handler(request)
+            result = operation.serve(request)
         except errors.NodeDBError as e:
             self.metrics.observe(op, e.wire_name, self.clock.seconds() - start)
             raise
@@ -215,35 +168,9 @@ class RequestAPI:
         channel.greeted = True
         return self._hello()
 
-    def _insert(self, request):
-        a = parse_arguments("insert", request)
-        return self.query.insert(a["type"], a["doc"], a.get("near"))
+    def _ask_query(self, method, **arguments):
+        return getattr(self.query, method)(**arguments)
 
-    def _get(self, request):
-        a = parse_arguments("get", request)
-        return self.query.get(a["type"], a["key"], a.get("consistency"))
 
-    def _update(self, request):
-        a = parse_arguments("update", request)
-        return self.query.update(a["type"], a["key"], a["doc"], a.get("if_version"))
-
-    def _delete(self, request):
-        a = parse_arguments("delete", request)
-        return self.query.delete(a["type"], a["key"], a.get("if_version"))
-
-    def _scan(self, request):
-        a = parse_arguments("scan", request)
-        return self.query.scan(a["type"], a.get("where"), a.get("limit"), a.get("cursor"))
-
-    def _transaction(self, request):
-        unknown = set(request) - _ENVELOPE - {"ops"}
-        if unknown:
-            # repr first: the keys may mix text and bytes, which do not sort together.
-            raise errors.InvalidRequest(f"transaction: unknown field {sorted(map(repr, unknown))[0]}")
-        return self.query.transaction(parse_transaction(request.get("ops")))
-
-    def _status(self, request):
-        return self.query.status()
-
-    def _ping(self, request):
-        return "pong"
+def _pong():
+    return "pong"

@@ -22,12 +22,47 @@ from zope.interface import implementer
 from nodedb import errors
 from nodedb.interfaces import IQuery
 from nodedb.query import relay
-from nodedb.query.api import parse_arguments, parse_transaction
+from nodedb.query.api import CLIENT_OPERATIONS
 from nodedb.query.local import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from nodedb.query.scans import ScanService, ScanSettings, parse_batch
+from nodedb.query.scans import ScanService, ScanSettings, batch_schema
 from nodedb.query.transaction_plan import plan, to_wire
+from nodedb.wire.requests import SCAN
+from nodedb.wire.schema import Field, Kind, Schema, integer, of_type
 
 _WRITES = frozenset({"insert", "update", "delete", "transaction"})
+#: The client operations a host runs for another that forwarded them (``query.forward``),
+#: checked by the same schemas as a client's request. A scan arrives in one of two other
+#: forms: a batch of partitions (``parts``, :func:`~nodedb.query.scans.batch_schema`), or,
+#: from hosts of earlier versions, a client scan up to ``until``, :data:`_RANGE_SCAN`.
+_FORWARDED = {op: CLIENT_OPERATIONS[op] for op in ("insert", "get", "update", "delete", "transaction")}
+_RANGE_SCAN = Schema(
+    "scan", SCAN.fields + (Field("until", integer("query.forward: a scan needs until"), required=True, check_missing=True),)
+)
+_OP_ONLY = frozenset({"op"})
+_FORWARD = Schema(
+    "query.forward",
+    (Field("request", of_type(dict, "map", "query.forward: request is a map"), required=True, check_missing=True),),
+    ignore_unknown=True,
+)
+
+
+def _seconds(value):
+    if type(value) not in (int, float) or not value > 0:
+        raise errors.InvalidRequest("query.relay: timeout is a positive number of seconds")
+    return value
+
+
+_RELAY_TEXT = of_type(str, "text", "query.relay: to and call are text, args a map")
+_RELAY = Schema(
+    "query.relay",
+    (
+        Field("to", _RELAY_TEXT, required=True, check_missing=True),
+        Field("call", _RELAY_TEXT, required=True, check_missing=True),
+        Field("args", of_type(dict, "map", "query.relay: to and call are text, args a map"), argument="arguments"),
+        Field("timeout", Kind("seconds", _seconds), required=True, check_missing=True),
+    ),
+    ignore_unknown=True,
+)
 #: The longest a relay waits for the target (``--peer-timeout`` is at most 300 s).
 _MAX_RELAY_TIMEOUT = 300.0
 
@@ -98,6 +133,8 @@ class Router:
             clock=local.clock,
             settings=scan_settings or ScanSettings(),
         )
+        #: The schema of the scan batches this host runs for others and for itself.
+        self._batch = batch_schema(self.layout, lambda: self.cluster().partitions)
         #: The :class:`~nodedb.transactions.service.TransactionService` of a replicated node.
         self.transactions = None
         #: Calls this host sent through a relay, and calls it relayed for others.
@@ -105,8 +142,8 @@ class Router:
         self.relays_served = 0
 
     def install(self, api):
-        api.register("query.forward", self._serve_forward)
-        api.register("query.relay", self._serve_relay)
+        api.register("query.forward", self._serve_forward, schema=_FORWARD)
+        api.register("query.relay", self._serve_relay, schema=_RELAY)
 
     # -- IQuery -----------------------------------------------------------------------------
 
@@ -116,20 +153,20 @@ class Router:
                 self.layout.partition_of(near),
                 self.local.insert,
                 (record_type, doc, near),
-                lambda: _request("insert", type=record_type, doc=doc, near=near),
+                lambda: _request("insert", record_type=record_type, doc=doc, near=near),
             )
         if self.can_insert():
             return self.local.insert(record_type, doc)
         hosts = [h for h in self.insert_hosts() if h != self.host_id]
         if not hosts:
             return defer.fail(errors.Unavailable("no host with room takes inserts now"))
-        return self._forward(hosts[next(self._turn) % len(hosts)], _request("insert", type=record_type, doc=doc))
+        return self._forward(hosts[next(self._turn) % len(hosts)], _request("insert", record_type=record_type, doc=doc))
 
     def get(self, record_type, element_id, consistency=None):
         partition = self.layout.partition_of(element_id)
 
         def request():
-            return _request("get", type=record_type, key=element_id, consistency=consistency)
+            return _request("get", record_type=record_type, element_id=element_id, consistency=consistency)
 
         if consistency == "replica":
             try:
@@ -146,7 +183,7 @@ class Router:
             self.layout.partition_of(element_id),
             self.local.update,
             (record_type, element_id, doc, if_version),
-            lambda: _request("update", type=record_type, key=element_id, doc=doc, if_version=if_version),
+            lambda: _request("update", record_type=record_type, element_id=element_id, doc=doc, if_version=if_version),
         )
 
     def delete(self, record_type, element_id, if_version=None):
@@ -154,7 +191,7 @@ class Router:
             self.layout.partition_of(element_id),
             self.local.delete,
             (record_type, element_id, if_version),
-            lambda: _request("delete", type=record_type, key=element_id, if_version=if_version),
+            lambda: _request("delete", record_type=record_type, element_id=element_id, if_version=if_version),
         )
 
     def scan(self, record_type, where=None, limit=None, cursor=None):
@@ -172,8 +209,7 @@ class Router:
     def _scan_batch(self, host, request):
         """One batch of a scan this host coordinates, run by *host* (this one included)."""
         if host == self.host_id:
-            a = parse_batch(request, self.layout, self.cluster().partitions)
-            return self.local.scan_parts(a["record_type"], a["where"], a["parts"], a["limit"], a["examine"])
+            return self._serve_forward(request)
         return self._forward(host, request)
 
     def transaction(self, operations):
@@ -298,21 +334,23 @@ class Router:
     # -- serving forwarded requests ---------------------------------------------------------
 
     def _serve_forward(self, request):
-        inner = request.get("request")
-        if type(inner) is not dict:
-            raise errors.InvalidRequest("query.forward: request is a map")
-        return self._run_local(inner)
+        """Run *request*, forwarded by another host (or a scan batch of this host's own), here:
+        as the partition's primary (or replica), never forwarding it again."""
+        op = request.get("op")
+        if op == "scan":
+            schema, run = (self._batch, self.local.scan_parts) if "parts" in request else (_RANGE_SCAN, self.local.scan)
+        elif type(op) is str and op in _FORWARDED:
+            # What the router does with each, LocalQuery does on this host alone.
+            schema, run = _FORWARDED[op], self._transaction_here if op == "transaction" else getattr(self.local, op)
+        else:
+            raise errors.InvalidRequest(f"query.forward: cannot forward {op!r}")
+        return run(**schema.arguments(request, envelope=_OP_ONLY))
 
-    def _serve_relay(self, request):
+    def _serve_relay(self, to, call, arguments, timeout):
         """Pass a call on to its target, once, over this host's own connection: never
         through another relay, so that relayed calls cannot loop. The reply tells the
         target's answer apart from this host's failure to get one
         (:func:`nodedb.query.relay.relay_reply`)."""
-        to, call, arguments, timeout = (request.get(name) for name in ("to", "call", "args", "timeout"))
-        if type(to) is not str or type(call) is not str or not (arguments is None or type(arguments) is dict):
-            raise errors.InvalidRequest("query.relay: to and call are text, args a map")
-        if type(timeout) not in (int, float) or not timeout > 0:
-            raise errors.InvalidRequest("query.relay: timeout is a positive number of seconds")
         if call == "query.relay":
             raise errors.InvalidRequest("query.relay: a relayed call is not relayed again")
         if to == self.host_id:
@@ -331,33 +369,6 @@ class Router:
             self._log.failure("relaying a call failed", failure)
         return relay.relay_reply(failure.value)
 
-    def _run_local(self, request):
-        """Run *request* here, as the partition's primary (or replica), never forwarding."""
-        op = request.get("op")
-        local = self.local
-        if op == "transaction":
-            return self._transaction_here(parse_transaction(request.get("ops")))
-        if op == "scan" and "parts" in request:
-            a = parse_batch(request, self.layout, self.cluster().partitions)
-            return local.scan_parts(a["record_type"], a["where"], a["parts"], a["limit"], a["examine"])
-        if op == "scan":
-            # The stateless range scan of coordinators of earlier versions.
-            until = request.get("until")
-            if type(until) is not int:
-                raise errors.InvalidRequest("query.forward: a scan needs until")
-            a = parse_arguments("scan", request, ignore=frozenset({"op", "until"}))
-            return local.scan(a["type"], a.get("where"), a.get("limit"), a.get("cursor"), until)
-        if op not in ("insert", "get", "update", "delete"):
-            raise errors.InvalidRequest(f"query.forward: cannot forward {op!r}")
-        a = parse_arguments(op, request, ignore=frozenset({"op"}))
-        if op == "insert":
-            return local.insert(a["type"], a["doc"], a.get("near"))
-        if op == "get":
-            return local.get(a["type"], a["key"], a.get("consistency"))
-        if op == "update":
-            return local.update(a["type"], a["key"], a["doc"], a.get("if_version"))
-        return local.delete(a["type"], a["key"], a.get("if_version"))
-
 
 def _outcome_unknown(host):
     return errors.Timeout(f"host {host} did not answer in time; the write may or may not be applied")
@@ -368,4 +379,5 @@ def _transaction_request(operations):
 
 
 def _request(op, **arguments):
-    return {"op": op, **{name: value for name, value in arguments.items() if value is not None}}
+    """The forwarded request of *op* with the keyword *arguments* of its handler."""
+    return {"op": op, **_FORWARDED[op].to_wire(**arguments)}

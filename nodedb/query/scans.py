@@ -54,7 +54,8 @@ from nodedb.ids import MAX_ID
 from nodedb.query.cursor import encode_cursor, read_cursor
 from nodedb.query.filters import compile_where
 from nodedb.query.local import MAX_EXAMINED_PER_PAGE, MAX_PAGE_BYTES, MAX_PAGE_SIZE
-from nodedb import codec
+from nodedb.wire.requests import TYPE
+from nodedb.wire.schema import Field, Kind, Schema, integer
 
 #: Seconds a cursor's state is kept after its last page was answered.
 DEFAULT_IDLE_TIMEOUT = 60.0
@@ -627,34 +628,50 @@ class ScanService:
         self._log.debug("scan cursor {number} expired after {idle} s idle", number=number, idle=self.settings.idle_timeout)
 
 
-def parse_batch(request, layout, partitions):
-    """The checked arguments of a batch request (``query.forward`` with ``op: scan`` and
-    ``parts``), as keyword arguments of :meth:`~nodedb.query.local.LocalQuery.scan_parts`.
+def batch_schema(layout, partitions):
+    """The schema of a batch request (``query.forward`` with ``op: scan`` and ``parts``),
+    whose arguments are those of :meth:`~nodedb.query.local.LocalQuery.scan_parts`.
 
-    :raise InvalidRequest: for a missing, mistyped or unknown field.
+    :param layout: the :class:`~nodedb.ids.IdLayout` the parts' positions lie in.
+    :param partitions: ``partitions()`` -> how many partitions the cluster has now.
     """
-    unknown = request.keys() - {"op", "type", "where", "parts", "limit", "examine"}
-    if unknown:
-        raise errors.InvalidRequest(f"query.forward: a scan batch has no field {sorted(map(repr, unknown))[0]}")
-    record_type = codec.check_type_name(request.get("type"))
-    where = request.get("where")
+
+    def check_parts(parts):
+        count = partitions()
+        if type(parts) is not list or not 0 < len(parts) <= count:
+            raise errors.InvalidRequest("query.forward: a scan batch's parts is a non-empty list")
+        checked, previous = [], -1
+        for part in parts:
+            if type(part) is not list or len(part) != 2 or type(part[0]) is not int or type(part[1]) is not int:
+                raise errors.InvalidRequest("query.forward: each part of a scan batch is [partition, after]")
+            partition, after = part
+            if not previous < partition < count:
+                raise errors.InvalidRequest("query.forward: a scan batch lists known partitions in increasing order")
+            if not layout.first_id(partition) - 1 <= after < layout.last_id(partition):
+                raise errors.InvalidRequest(f"query.forward: after is outside partition {partition}")
+            checked.append((partition, after))
+            previous = partition
+        return checked
+
+    return Schema(
+        "query.forward: a scan batch",
+        (
+            Field("type", TYPE, required=True, check_missing=True, argument="record_type"),
+            Field("where", _FILTER),
+            Field("limit", _BATCH_LIMIT, required=True, check_missing=True),
+            Field("examine", _BATCH_EXAMINE, required=True, check_missing=True),
+            Field("parts", Kind("array", check_parts), required=True, check_missing=True),
+        ),
+    )
+
+
+def _check_filter(where):
     compile_where(where)
-    limit, examine, parts = request.get("limit"), request.get("examine"), request.get("parts")
-    if type(limit) is not int or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise errors.InvalidRequest(f"query.forward: a scan batch's limit is between 1 and {MAX_PAGE_SIZE}")
-    if type(examine) is not int or not 1 <= examine <= MAX_EXAMINED_PER_PAGE:
-        raise errors.InvalidRequest(f"query.forward: a scan batch examines between 1 and {MAX_EXAMINED_PER_PAGE}")
-    if type(parts) is not list or not 0 < len(parts) <= partitions:
-        raise errors.InvalidRequest("query.forward: a scan batch's parts is a non-empty list")
-    checked, previous = [], -1
-    for part in parts:
-        if type(part) is not list or len(part) != 2 or type(part[0]) is not int or type(part[1]) is not int:
-            raise errors.InvalidRequest("query.forward: each part of a scan batch is [partition, after]")
-        partition, after = part
-        if not previous < partition < partitions:
-            raise errors.InvalidRequest("query.forward: a scan batch lists known partitions in increasing order")
-        if not layout.first_id(partition) - 1 <= after < layout.last_id(partition):
-            raise errors.InvalidRequest(f"query.forward: after is outside partition {partition}")
-        checked.append((partition, after))
-        previous = partition
-    return {"record_type": record_type, "where": where, "parts": checked, "limit": limit, "examine": examine}
+    return where
+
+
+_FILTER = Kind("map", _check_filter)
+_BATCH_LIMIT = integer(f"query.forward: a scan batch's limit is between 1 and {MAX_PAGE_SIZE}", low=1, high=MAX_PAGE_SIZE)
+_BATCH_EXAMINE = integer(
+    f"query.forward: a scan batch examines between 1 and {MAX_EXAMINED_PER_PAGE}", low=1, high=MAX_EXAMINED_PER_PAGE
+)

@@ -119,8 +119,8 @@ def family_of(op, client):
 def served_ops(api):
     """``(client ops, peer ops)`` a node's RequestAPI serves (``hello`` is the handshake,
     answered by ``dispatch`` itself)."""
-    peer = set(api._peer_ops)
-    return sorted(set(api._handlers) - peer | {"hello"}), sorted(peer)
+    peer = {op for op, operation in api.operations.items() if operation.peer}
+    return sorted(api.operations.keys() - peer | {"hello"}), sorted(peer)
 
 
 CLIENT_OPS, PEER_OPS = served_ops(fixture_for("shared").host(0).node.api)

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from nodedb import errors
 from nodedb.query import relay
+from nodedb.query.api import RequestAPI
 from nodedb.query.router import Router
 from nodedb.reliability.service import Reliability, ReportingTransport
 from nodedb.testing import failure_result_of, no_result, success_result_of
@@ -289,9 +290,16 @@ def relay_request(**fields):
     return {"id": 1, "op": "query.relay", "to": "b", "call": "query.forward", "args": {"x": 1}, "timeout": 2.0, **fields}
 
 
+def serve_relay(r, request):
+    """Dispatch *request* to router *r* as a peer's request reaches it."""
+    api = RequestAPI(None, dict, Clock())
+    r.install(api)
+    return api.dispatch(request, SimpleNamespace(greeted=True, role="peer"))
+
+
 def test_a_relay_calls_the_target_once_itself_and_wraps_the_answer():
     r, transport, _clock = router(host_id="c")
-    d = r._serve_relay(relay_request())
+    d = serve_relay(r, relay_request())
     (call,) = transport.take()
     assert (call.address, call.op, call.arguments, call.timeout) == ("b:7400", "query.forward", {"x": 1}, 2.0)
     call.d.callback([1, 2])
@@ -309,7 +317,7 @@ def test_a_relay_calls_the_target_once_itself_and_wraps_the_answer():
 )
 def test_a_relay_reports_how_its_call_failed(failure, reply):
     r, transport, _clock = router(host_id="c")
-    d = r._serve_relay(relay_request())
+    d = serve_relay(r, relay_request())
     transport.take()[0].d.errback(failure)
     assert success_result_of(d) == reply
 
@@ -317,9 +325,9 @@ def test_a_relay_reports_how_its_call_failed(failure, reply):
 def test_a_relay_that_cannot_reach_the_target_says_so_at_once():
     r, transport, _clock = router(host_id="c")
     transport.down.add("b:7400")
-    assert r._serve_relay(relay_request()) == {"unsent": "host b is not reachable from here either"}
-    assert r._serve_relay(relay_request(to="c"))["unsent"]
-    assert r._serve_relay(relay_request(to="nowhere"))["unsent"]
+    assert serve_relay(r, relay_request()) == {"unsent": "host b is not reachable from here either"}
+    assert serve_relay(r, relay_request(to="c"))["unsent"]
+    assert serve_relay(r, relay_request(to="nowhere"))["unsent"]
     assert transport.take() == []
 
 
@@ -330,13 +338,13 @@ def test_a_relay_that_cannot_reach_the_target_says_so_at_once():
 def test_a_relay_refuses_bad_requests_and_never_relays_again(fields):
     r, transport, _clock = router(host_id="c")
     with pytest.raises(errors.InvalidRequest):
-        r._serve_relay(relay_request(**fields))
+        serve_relay(r, relay_request(**fields))
     assert transport.take() == []
 
 
 def test_a_relay_caps_the_time_it_waits():
     r, transport, _clock = router(host_id="c")
-    r._serve_relay(relay_request(timeout=10_000))
+    serve_relay(r, relay_request(timeout=10_000))
     assert transport.take()[0].timeout == 300.0
 
 

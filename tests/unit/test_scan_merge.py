@@ -13,7 +13,7 @@ from nodedb import errors
 from nodedb.ids import IdAllocator, IdLayout
 from nodedb.query.cursor import encode_cursor, read_cursor
 from nodedb.query.local import MAX_EXAMINED_PER_PAGE, LocalQuery
-from nodedb.query.scans import ScanMerge, ScanService, ScanSettings, parse_batch
+from nodedb.query.scans import ScanMerge, ScanService, ScanSettings, batch_schema
 from nodedb.storage import Insert
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, no_result, success_result_of
@@ -22,6 +22,7 @@ from nodedb import codec
 LAYOUT = IdLayout()
 PARTITIONS = 6
 HOSTS = ("a", "b", "c")
+BATCH = batch_schema(LAYOUT, lambda: PARTITIONS)
 #: Elements per partition: uneven, one empty.
 COUNTS = (30, 0, 17, 45, 5, 22)
 
@@ -46,8 +47,8 @@ class FakeHosts:
             return defer.fail(self.failing[host])
         if any(self.primaries.get(p) != host for p, _after in request["parts"]):
             return defer.fail(errors.Unavailable(f"host {host} does not lead these partitions"))
-        a = parse_batch(request, LAYOUT, PARTITIONS)
-        answer = codec.decode(codec.encode(self.local.scan_parts(a["record_type"], a["where"], a["parts"], a["limit"], a["examine"])))
+        arguments = BATCH.arguments(request, envelope={"op"})
+        answer = codec.decode(codec.encode(self.local.scan_parts(**arguments)))
         if self.held is None:
             return answer
         d = defer.Deferred()
@@ -479,12 +480,12 @@ def test_scan_parts_shares_its_budgets_across_partitions(hosts):
         ({"limit": 0}, "limit"),
         ({"examine": MAX_EXAMINED_PER_PAGE + 1}, "examines"),
         ({"where": {"n": {"~": 1}}}, "unknown filter operator"),
-        ({"order": "desc"}, "no field 'order'"),
+        ({"order": "desc"}, "unknown field 'order'"),
         ({"type": "Bad Name"}, None),
     ],
 )
 def test_a_malformed_batch_request_is_refused(change, match):
     request = {"op": "scan", "type": "item", "parts": [[0, -1]], "limit": 10, "examine": 100, **change}
     with pytest.raises(errors.InvalidRequest, match=match):
-        parse_batch(request, LAYOUT, PARTITIONS)
+        BATCH.arguments(request, envelope={"op"})
 
