@@ -52,13 +52,13 @@ def _seconds(value):
     return value
 
 
-_RELAY_TEXT = of_type(str, "text", "query.relay: to and call are text, args a map")
+_RELAY_FIELDS = "query.relay: to and call are text, args a map"
 _RELAY = Schema(
     "query.relay",
     (
-        Field("to", _RELAY_TEXT, required=True, check_missing=True),
-        Field("call", _RELAY_TEXT, required=True, check_missing=True),
-        Field("args", of_type(dict, "map", "query.relay: to and call are text, args a map"), argument="arguments"),
+        Field("to", of_type(str, "text", _RELAY_FIELDS), required=True, check_missing=True),
+        Field("call", of_type(str, "text", _RELAY_FIELDS), required=True, check_missing=True),
+        Field("args", of_type(dict, "map", _RELAY_FIELDS), argument="arguments"),
         Field("timeout", Kind("seconds", _seconds), required=True, check_missing=True),
     ),
     ignore_unknown=True,

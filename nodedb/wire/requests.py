@@ -1,6 +1,7 @@
-"""The schemas of the client requests that read or write elements (docs/protocol.md,
-"Operations"): shared by the request API that serves them, the router that forwards them to
-a partition's primary, and the operations of a transaction.
+"""The schemas of the client requests (docs/protocol.md, "Operations"), but that of
+``transaction``, whose operations are checked with these
+(:func:`nodedb.query.api.parse_transaction`): shared by the request API that serves them, the
+router that forwards them to a partition's primary, and the operations of a transaction.
 
 Each handler parameter is named as in :class:`nodedb.interfaces.IQuery`.
 """
