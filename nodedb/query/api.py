@@ -9,7 +9,6 @@ served by the node's :class:`~nodedb.interfaces.IQuery`. See docs/protocol.md fo
 """
 
 from dataclasses import dataclass
-from functools import partial
 from types import MappingProxyType
 from typing import Callable
 
@@ -100,7 +99,7 @@ class RequestAPI:
         self.metrics = metrics
         self._operations = {}
         for op, schema in CLIENT_OPERATIONS.items():
-            self.register(op, _pong if op == "ping" else partial(self._ask_query, op), client=True, schema=schema)
+            self.register(op, _pong if op == "ping" else getattr(query, op), client=True, schema=schema)
 
     @property
     def operations(self):
@@ -167,9 +166,6 @@ class RequestAPI:
         channel.peer_host = request.get("host") if role == "peer" else None
         channel.greeted = True
         return self._hello()
-
-    def _ask_query(self, method, **arguments):
-        return getattr(self.query, method)(**arguments)
 
 
 def _pong():

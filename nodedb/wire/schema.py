@@ -14,6 +14,7 @@ from nodedb.errors import InvalidRequest
 
 #: The fields of a request that are not the operation's arguments: its request id and name.
 ENVELOPE = frozenset({"id", "op"})
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ class Schema:
     fields: tuple = ()
     ignore_unknown: bool = False
 
+    def __post_init__(self):
+        # Worked out once: every request of the operation is checked against them.
+        object.__setattr__(self, "_names", frozenset(field.name for field in self.fields))
+        rows = tuple((f.name, f.parameter, f.kind.check, f.required, f.check_missing) for f in self.fields)
+        object.__setattr__(self, "_rows", rows)
+
     def check(self, message, envelope=ENVELOPE):
         """The checked values of the fields *message* carries, by wire name (None for an
         optional one given as null).
@@ -101,27 +108,35 @@ class Schema:
         :param envelope: the fields of *message* that are not arguments.
         :raise InvalidRequest: for a missing, mistyped or unknown field.
         """
-        if not self.ignore_unknown:
-            unknown = message.keys() - {field.name for field in self.fields} - envelope
-            if unknown:
-                # repr first: the keys may mix text and bytes, which do not sort together.
-                raise InvalidRequest(f"{self.label}: unknown field {sorted(map(repr, unknown))[0]}")
-        checked = {}
-        for field in self.fields:
-            if field.name in message:
-                value = message[field.name]
-                checked[field.name] = field.kind.check(value) if value is not None or field.required else None
-            elif field.check_missing:
-                checked[field.name] = field.kind.check(None)
-            elif field.required:
-                raise InvalidRequest(f"{self.label}: missing field {field.name!r}")
-        return checked
+        return self._check(message, envelope, by_parameter=False)
 
     def arguments(self, message, envelope=ENVELOPE):
         """The keyword arguments of the operation's handler: every field's checked value by
         parameter name, None for an optional field that is absent."""
-        checked = self.check(message, envelope)
-        return {field.parameter: checked.get(field.name) for field in self.fields}
+        return self._check(message, envelope, by_parameter=True)
+
+    def _check(self, message, envelope, by_parameter):
+        if not self.ignore_unknown:
+            unknown = message.keys() - self._names
+            if unknown and (unknown := unknown - envelope):
+                # repr first: the keys may mix text and bytes, which do not sort together.
+                raise InvalidRequest(f"{self.label}: unknown field {sorted(map(repr, unknown))[0]}")
+        checked = {}
+        for name, parameter, check, required, check_missing in self._rows:
+            value = message.get(name, _ABSENT)
+            if value is _ABSENT:
+                if check_missing:
+                    value = check(None)
+                elif required:
+                    raise InvalidRequest(f"{self.label}: missing field {name!r}")
+                elif not by_parameter:
+                    continue
+                else:
+                    value = None
+            elif value is not None or required:
+                value = check(value)
+            checked[parameter if by_parameter else name] = value
+        return checked
 
     def to_wire(self, **arguments):
         """The fields of a request from the handler's keyword *arguments*, leaving out those

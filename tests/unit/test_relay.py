@@ -292,7 +292,7 @@ def relay_request(**fields):
 
 def serve_relay(r, request):
     """Dispatch *request* to router *r* as a peer's request reaches it."""
-    api = RequestAPI(None, dict, Clock())
+    api = RequestAPI(r, dict, Clock())
     r.install(api)
     return api.dispatch(request, SimpleNamespace(greeted=True, role="peer"))
 
