@@ -98,6 +98,7 @@ class Schema:
     def __post_init__(self):
         # Worked out once: every request of the operation is checked against them.
         object.__setattr__(self, "_names", frozenset(field.name for field in self.fields))
+        object.__setattr__(self, "_parameters", frozenset(field.parameter for field in self.fields))
         rows = tuple((f.name, f.parameter, f.kind.check, f.required, f.check_missing) for f in self.fields)
         object.__setattr__(self, "_rows", rows)
 
@@ -141,7 +142,7 @@ class Schema:
     def to_wire(self, **arguments):
         """The fields of a request from the handler's keyword *arguments*, leaving out those
         that are None (absent): what :meth:`arguments` reads back."""
-        unexpected = arguments.keys() - {field.parameter for field in self.fields}
+        unexpected = arguments.keys() - self._parameters
         if unexpected:
             raise TypeError(f"{self.label} has no argument {sorted(unexpected)[0]!r}")
         return {field.name: arguments[field.parameter] for field in self.fields if arguments.get(field.parameter) is not None}
