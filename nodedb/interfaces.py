@@ -404,7 +404,7 @@ class ITransactions(Interface):
         partition.
 
         :param operations: ``{"op": "insert"|"update"|"delete", "type": ..., ...}`` maps, as
-            :func:`nodedb.query.api.parse_transaction` returns them (``id`` for the element).
+            :func:`nodedb.wire.transaction.parse_transaction` returns them (``id`` for the element).
         :return: a Deferred that fires with the results in order (each insert's new id, each
             update's and delete's version). It fails with Conflict, NotFound, InvalidRequest or
             Unavailable when nothing was applied, and with Timeout when the outcome is not

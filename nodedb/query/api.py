@@ -20,37 +20,8 @@ from nodedb import errors
 from nodedb.wire.channel import PROTOCOL_VERSION
 from nodedb.wire.requests import PING, REQUESTS, STATUS, parse_arguments
 from nodedb.wire.schema import Field, Kind, Schema
+from nodedb.wire.transaction import TRANSACTION
 
-MAX_TRANSACTION_OPERATIONS = 10_000
-_OP_ONLY = frozenset({"op"})
-
-
-def parse_transaction(operations):
-    """The checked operations of a ``transaction`` request."""
-    if type(operations) is not list or not operations:
-        raise errors.InvalidRequest("transaction: ops must be a non-empty list")
-    if len(operations) > MAX_TRANSACTION_OPERATIONS:
-        raise errors.InvalidRequest(f"transaction: at most {MAX_TRANSACTION_OPERATIONS} operations")
-    parsed = []
-    for index, operation in enumerate(operations):
-        op = operation.get("op") if type(operation) is dict else None
-        if op not in ("insert", "update", "delete"):
-            raise errors.InvalidRequest(f"transaction: operation {index} must be insert, update or delete")
-        try:
-            arguments = parse_arguments(op, operation, ignore=_OP_ONLY)
-        except errors.InvalidRequest as e:
-            raise errors.InvalidRequest(f"transaction: operation {index}: {e.message}") from None
-        arguments["op"] = op
-        if "key" in arguments:
-            arguments["id"] = arguments.pop("key")
-        parsed.append(arguments)
-    return parsed
-
-
-TRANSACTION = Schema(
-    "transaction",
-    (Field("ops", Kind("array", parse_transaction), required=True, check_missing=True, argument="operations"),),
-)
 #: The client operations (``hello``, the handshake, aside) and their schemas. Each is served
 #: by the :class:`~nodedb.interfaces.IQuery` method of the same name, but ``ping``.
 CLIENT_OPERATIONS = {**REQUESTS, "transaction": TRANSACTION, "status": STATUS, "ping": PING}

@@ -25,9 +25,9 @@ from nodedb.query import relay
 from nodedb.query.api import CLIENT_OPERATIONS
 from nodedb.query.local import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from nodedb.query.scans import ScanService, ScanSettings, batch_schema
-from nodedb.query.transaction_plan import plan, to_wire
 from nodedb.wire.requests import SCAN
 from nodedb.wire.schema import Field, Kind, Schema, integer, of_type
+from nodedb.wire.transaction import plan, to_wire
 
 _WRITES = frozenset({"insert", "update", "delete", "transaction"})
 #: The client operations a host runs for another that forwarded them (``query.forward``),

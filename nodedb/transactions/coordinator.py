@@ -26,7 +26,7 @@ from automat import TypeMachineBuilder
 
 from nodedb import codec, errors
 from nodedb.codec import DECISION_TYPE
-from nodedb.query.transaction_plan import to_wire
+from nodedb.wire.transaction import to_wire
 from nodedb.storage import Insert
 
 #: How long after a round of outcomes the participants that did not confirm are asked again.
@@ -397,9 +397,9 @@ class Coordination:
     decides it.
 
     :param tx: the transaction's id (an id of the home partition; its decision record's id).
-    :param operations: the checked operations (see :func:`nodedb.query.api.parse_transaction`).
+    :param operations: the checked operations (see :func:`nodedb.wire.transaction.parse_transaction`).
     :param home: the home partition; *groups*: ``{partition: [operation index, ...]}``
-        (:func:`nodedb.query.transaction_plan.plan`).
+        (:func:`nodedb.wire.transaction.plan`).
     :param home_units: the storage operations of the home's share, in the order of
         ``groups[home]`` (their ids allocated, their documents encoded and checked).
     :param settings: the :class:`TransactionSettings`.

@@ -20,8 +20,8 @@ from nodedb import errors
 from nodedb.codec import DECISION_TYPE, PREPARED_TYPE
 from nodedb.ids import check_element_id
 from nodedb.interfaces import ITransactions
-from nodedb.query.api import parse_transaction
-from nodedb.query.transaction_plan import plan
+from nodedb.wire.transaction import parse_transaction
+from nodedb.wire.transaction import plan
 from nodedb.storage import Delete, Insert
 from nodedb.transactions.coordinator import (
     Call,

@@ -1,6 +1,6 @@
 """The schemas of the client requests (docs/protocol.md, "Operations"), but that of
 ``transaction``, whose operations are checked with these
-(:func:`nodedb.query.api.parse_transaction`): shared by the request API that serves them, the
+(:func:`nodedb.wire.transaction.parse_transaction`): shared by the request API that serves them, the
 router that forwards them to a partition's primary, and the operations of a transaction.
 
 Each handler parameter is named as in :class:`nodedb.interfaces.IQuery`.

@@ -7,7 +7,8 @@ from twisted.internet.task import Clock
 from nodedb.errors import Conflict, InvalidRequest, NodeDBError, NotFound, ProtocolError
 from nodedb.ids import IdAllocator, IdLayout
 from nodedb.metrics import NodeMetrics
-from nodedb.query.api import MAX_TRANSACTION_OPERATIONS, RequestAPI, parse_transaction
+from nodedb.query.api import RequestAPI
+from nodedb.wire.transaction import MAX_TRANSACTION_OPERATIONS, parse_transaction
 from nodedb.query.local import LocalQuery
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, success_result_of

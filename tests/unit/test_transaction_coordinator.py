@@ -6,7 +6,7 @@ import pytest
 from nodedb import codec, errors
 from nodedb.codec import DECISION_TYPE
 from nodedb.ids import IdLayout
-from nodedb.query.transaction_plan import plan
+from nodedb.wire.transaction import plan
 from nodedb.storage import Insert, Update
 from nodedb.transactions.coordinator import (
     Call,

@@ -4,7 +4,7 @@ from twisted.internet import task
 
 from nodedb import errors
 from nodedb.ids import IdLayout
-from nodedb.query.transaction_plan import plan, to_wire
+from nodedb.wire.transaction import plan, to_wire
 from nodedb.storage import Update
 from nodedb.testing import failure_result_of, no_result, success_result_of
 from nodedb.transactions.locks import LockTable, Prepared, encode_record
