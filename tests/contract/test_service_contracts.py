@@ -6,6 +6,8 @@ from nodedb.gossip.service import GossipService
 from nodedb.reliability.service import Reliability
 from nodedb.testing.gossip_contract import GossipContract
 from nodedb.testing.reliability_contract import ReliabilityContract
+from nodedb.testing.voting_contract import VotingContract
+from nodedb.voting.service import VotingService
 
 
 class TestReliability(ReliabilityContract):
@@ -16,3 +18,18 @@ class TestReliability(ReliabilityContract):
 class TestGossipService(GossipContract):
     def make_gossip(self, host, entry, cluster):
         return GossipService(host.clock, host.transport, host.reliability, entry, rng=random.Random(host.rng.random()), cluster=cluster)
+
+
+class TestVotingService(VotingContract):
+    def make_voting(self, host, on_change, elect):
+        return VotingService(
+            host.clock,
+            host.host_id,
+            host.transport,
+            host.storage,
+            host.address_of,
+            host.views,
+            rng=random.Random(host.rng.random()),
+            on_change=on_change,
+            elect=elect,
+        )
