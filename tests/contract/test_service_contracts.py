@@ -3,8 +3,10 @@
 import random
 
 from nodedb.gossip.service import GossipService
+from nodedb.logsync.service import LogSyncService
 from nodedb.reliability.service import Reliability
 from nodedb.testing.gossip_contract import GossipContract
+from nodedb.testing.logsync_contract import LogSyncContract
 from nodedb.testing.reliability_contract import ReliabilityContract
 from nodedb.testing.voting_contract import VotingContract
 from nodedb.voting.service import VotingService
@@ -33,3 +35,8 @@ class TestVotingService(VotingContract):
             on_change=on_change,
             elect=elect,
         )
+
+
+class TestLogSyncService(LogSyncContract):
+    def make_logsync(self, host, on_syncing):
+        return LogSyncService(host.clock, host.host_id, host.storage, host.transport, host.address_of, on_syncing=on_syncing)
