@@ -12,7 +12,9 @@ from nodedb.testing.gossip_contract import GossipContract
 from nodedb.testing.logsync_contract import LogSyncContract
 from nodedb.testing.query_contract import QueryContract, RouterContract
 from nodedb.testing.reliability_contract import ReliabilityContract
+from nodedb.testing.transactions_contract import TransactionsContract
 from nodedb.testing.voting_contract import VotingContract
+from nodedb.transactions.service import TransactionService
 from nodedb.voting.service import VotingService
 from nodedb.voting.state import ClusterState
 
@@ -24,7 +26,8 @@ class TestReliability(ReliabilityContract):
 
 class TestGossipService(GossipContract):
     def make_gossip(self, host, entry, cluster):
-        return GossipService(host.clock, host.transport, host.reliability, entry, rng=random.Random(host.rng.random()), cluster=cluster)
+        rng = random.Random(host.rng.random())
+        return GossipService(host.clock, host.transport, host.reliability, entry, rng=rng, cluster=cluster)
 
 
 class TestVotingService(VotingContract):
@@ -44,7 +47,9 @@ class TestVotingService(VotingContract):
 
 class TestLogSyncService(LogSyncContract):
     def make_logsync(self, host, on_syncing):
-        return LogSyncService(host.clock, host.host_id, host.storage, host.transport, host.address_of, on_syncing=on_syncing)
+        return LogSyncService(
+            host.clock, host.host_id, host.storage, host.transport, host.address_of, on_syncing=on_syncing
+        )
 
 
 def _lone_query(storage, clock, status):
@@ -61,8 +66,8 @@ class TestLocalQuery(QueryContract):
 class TestRouterOnOneHost(QueryContract):
     def make_query(self, storage, clock, status):
         state = ClusterState()
-        partitions = storage.layout.max_partitions
-        state.apply({"op": "bootstrap", "cluster": "c1", "partitions": partitions, "replicas": 1, "host": "a", "address": "a:1", "at": 0.0})
+        founding = {"op": "bootstrap", "cluster": "c1", "replicas": 1, "host": "a", "address": "a:1", "at": 0.0}
+        state.apply({**founding, "partitions": storage.layout.max_partitions})
         return Router(
             _lone_query(storage, clock, status),
             "a",
@@ -87,3 +92,8 @@ class TestRouter(RouterContract):
             nearest_replica=lambda partition: cluster().assignments[partition].primary,
             can_insert=lambda: True,
         )
+
+
+class TestTransactionService(TransactionsContract):
+    def make_transactions(self, host, local, primary_of, call):
+        return TransactionService(local, host.host_id, primary_of, call, host.clock)
