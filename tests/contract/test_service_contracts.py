@@ -2,12 +2,27 @@
 
 import random
 
+from zope.interface.verify import verifyObject
+
 from nodedb.gossip.service import GossipService
 from nodedb.ids import IdAllocator
+from nodedb.interfaces import (
+    IClusterView,
+    IGossip,
+    ILogSync,
+    INetworkInformation,
+    IQuery,
+    IQueryRouter,
+    IReliability,
+    IStorageBackend,
+    ITransactions,
+    IVoting,
+)
 from nodedb.logsync.service import LogSyncService
 from nodedb.query.local import LocalQuery
 from nodedb.query.router import Router
 from nodedb.reliability.service import Reliability
+from nodedb.testing.cluster import SimCluster
 from nodedb.testing.gossip_contract import GossipContract
 from nodedb.testing.logsync_contract import LogSyncContract
 from nodedb.testing.query_contract import QueryContract, RouterContract
@@ -97,3 +112,32 @@ class TestRouter(RouterContract):
 class TestTransactionService(TransactionsContract):
     def make_transactions(self, host, local, primary_of, call):
         return TransactionService(local, host.host_id, primary_of, call, host.clock)
+
+
+def test_every_service_of_an_assembled_node_provides_its_interface():
+    """What the node wires together is what the suites above test: each of its services
+    provides the interface its callers go through."""
+    cluster = SimCluster(seed=1)
+    try:
+        [host] = cluster.start_hosts(1)
+        cluster.run_until(lambda: host.node.voting is not None and host.node.voting.state.cluster_id, timeout=30)
+        _check_services(host.node)
+    finally:
+        cluster.stop()
+
+
+def _check_services(node):
+    provided = {
+        IGossip: node.gossip,
+        INetworkInformation: node.gossip.ni,
+        IVoting: node.voting,
+        IClusterView: node.voting.state,
+        ILogSync: node.logsync,
+        IReliability: node.reliability,
+        IQueryRouter: node.query,
+        IQuery: node.local,
+        ITransactions: node.transactions,
+        IStorageBackend: node.storage,
+    }
+    for interface, provider in provided.items():
+        assert verifyObject(interface, provider), interface
