@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 import pytest
 from zope.interface.verify import verifyObject
 
-from nodedb import errors
+from nodedb import codec, errors
 from nodedb.interfaces import ILogSync
 from nodedb.storage import Insert
 from nodedb.testing import failure_result_of, no_result, success_result_of
 from nodedb.testing.peers import LAYOUT, PeerNetwork
 from nodedb.voting.state import ClusterState
-from nodedb.wire import codec
 
 EPOCH = 1
 MAP = {"0": [["a", "b"], EPOCH], "1": [["b", "a"], EPOCH], "2": [["a"], EPOCH], "3": [["b"], EPOCH]}

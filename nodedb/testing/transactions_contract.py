@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 from zope.interface.verify import verifyObject
 
-from nodedb import errors
+from nodedb import codec, errors
 from nodedb.ids import IdAllocator
 from nodedb.interfaces import ITransactions
 from nodedb.logsync.service import LogSyncService
@@ -24,7 +24,6 @@ from nodedb.query.local import LocalQuery
 from nodedb.testing import failure_result_of, success_result_of
 from nodedb.testing.peers import LAYOUT, PeerNetwork
 from nodedb.voting.state import ClusterState
-from nodedb.wire import codec
 
 HALF = LAYOUT.max_partitions // 2
 
