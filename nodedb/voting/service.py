@@ -441,15 +441,5 @@ class VotingService(Service):
             "learners": raft["learners"],
             "commit": raft["commit"],
             "members": {host: member["address"] for host, member in sorted(self.state.members.items())},
-            "holdings": self._holdings(),
+            "holdings": self.state.holdings(),
         }
-
-    def _holdings(self):
-        """``{host: {"primary": n, "replicas": m}}`` from the agreed partition map."""
-        holdings = {host: {"primary": 0, "replicas": 0} for host in self.state.members}
-        for assignment in self.state.assignments.values():
-            for position, host in enumerate(assignment.replicas):
-                counts = holdings.setdefault(host, {"primary": 0, "replicas": 0})
-                counts["replicas"] += 1
-                counts["primary"] += position == 0
-        return holdings
