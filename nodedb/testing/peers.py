@@ -20,8 +20,6 @@ the same footing as the first. Everything runs on the network's fake clock: no s
 
 import random
 
-from twisted.logger import Logger
-
 from nodedb.ids import IdLayout
 from nodedb.query.api import RequestAPI
 from nodedb.reliability.service import Reliability
@@ -96,8 +94,6 @@ class PeerNetwork:
 
     :param seed: seeds the network's delays and every host's ``rng``.
     """
-
-    _log = Logger()
 
     def __init__(self, seed=1):
         self.sim = SimNetwork(seed)
