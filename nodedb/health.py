@@ -117,8 +117,8 @@ def assess(state, leader, voters, views, max_voters):
 
 
 def cluster_health(voting, views):
-    """:func:`assess` of what a running :class:`~nodedb.voting.service.VotingService` knows."""
-    return assess(voting.state, voting.leader(), voting.raft.config.voters, views, voting.settings.max_voters)
+    """:func:`assess` of what a running :class:`~nodedb.interfaces.IVoting` knows."""
+    return assess(voting.state, voting.leader(), voting.voters(), views, voting.settings.max_voters)
 
 
 #: The ``problems`` of a node that answers but has no health to tell yet.

@@ -2,8 +2,9 @@
 
 A node is assembled from one provider of each interface (see :func:`nodedb.node.make_node`).
 Tests swap in fakes, and plugins swap in other storage engines, transports or id allocators,
-without touching the rest. Services that later issues build (gossip, voting, log sync,
-reliability) are declared here already so that the seams are fixed before the code arrives.
+without touching the rest. Each interface declares exactly what the rest of nodedb uses of
+its provider, and nothing else: a second implementation that provides it (``verifyObject``)
+and passes its contract suite in :mod:`nodedb.testing` can take the first one's place.
 
 Conventions: methods that may wait on disk or network return a ``Deferred``; methods that only
 read local state answer synchronously. Element ids are unsigned 64-bit ints, record types are
@@ -261,51 +262,152 @@ class IPeerTransportPlugin(Interface):
         """
 
 
-class IGossip(Interface):
-    """Spreads the network information (NI) to every host."""
+class IPeerService(Interface):
+    """A service that answers requests from other hosts."""
+
+    def install(api):
+        """Serve this service's peer operations: ``api.register(op, handler)`` for each (see
+        :meth:`nodedb.query.api.RequestAPI.register`)."""
+
+
+class INetworkInformation(Interface):
+    """The network information (NI) one host holds, read-only for everyone but Gossip."""
+
+    entries = Attribute(
+        "``{host id: HostEntry}`` of every host known (a :class:`nodedb.gossip.state.HostEntry` "
+        "each, this host's own included)."
+    )
+    size = Attribute("How many hosts the NI holds.")
+    checksum = Attribute(
+        "A 64-bit checksum of every entry's host id and stamp: two hosts whose NI has the same "
+        "size and checksum know the same network."
+    )
+
+
+class IGossip(IService, IPeerService):
+    """Spreads the network information (NI) to every host, and keeps this host's network
+    coordinate (docs/network.md)."""
+
+    ni = Attribute("The :class:`INetworkInformation` this host holds now.")
+    coordinate = Attribute(
+        "This host's current :class:`nodedb.topology.vivaldi.Coordinate` (its own NI entry "
+        "carries the one last announced)."
+    )
+    rounds = Attribute("How many gossip rounds this host has run.")
 
     def local_entry():
         """:return: this host's own NI entry."""
 
     def update_local(**fields):
-        """Change fields of this host's own entry; the change spreads with the next rounds."""
+        """Change fields of this host's own entry (a new version of it); the change spreads
+        with the next rounds, and at once for ``status``, ``partitions``, ``syncing`` and
+        ``cluster_id``.
 
-    def hosts():
-        """:return: every NI host entry this host knows, its own first."""
-
-    def join(seeds):
-        """Fetch the NI from the first reachable of *seeds*.
-
-        :return: a Deferred that fires once this host knows the network.
+        :return: the new entry.
         """
 
+    def hosts():
+        """:return: every NI host entry this host knows, its own first, then by host id."""
 
-class IVoting(Interface):
-    """Consensus among a few voter hosts on membership, the partition map and id ranges."""
+    def join(seeds):
+        """Ask each of *seeds* (``"host:port"`` addresses) in turn for the NI, until one
+        answers that belongs to a cluster; try again (with a growing pause) while none does.
+
+        :return: a Deferred that fires with the cluster description the seed gave (``{"id",
+            "partitions", "replicas", "partition_bits"}``) once this host knows the network.
+        """
+
+    def host_at(address):
+        """:return: the id of the host the NI places at *address*, or None."""
+
+    def observe_heartbeat(address, rtt, reply):
+        """A heartbeat to the host at *address* took *rtt* seconds and was answered with
+        *reply* (both None: it went unanswered). Feeds reliability and the coordinate."""
+
+
+class IClusterView(Interface):
+    """The committed cluster state every host agrees on (members and the partition map),
+    read-only: only Voting's decisions change it (:class:`nodedb.voting.state.ClusterState`)."""
+
+    cluster_id = Attribute("The cluster's id, or None before the first decision is applied.")
+    partitions = Attribute("How many partitions the cluster has.")
+    replicas = Attribute("The replication factor: copies wanted of each partition.")
+    members = Attribute(
+        "``{host id: {'address', 'accepted', 'admitted'}}`` of the members; a member is "
+        "admitted once the cluster has fully taken it in."
+    )
+    assignments = Attribute(
+        "``{partition: Assignment}``: each partition's replica set (``replicas``, primary "
+        "first; ``primary``) and ``epoch`` (:class:`nodedb.voting.state.Assignment`)."
+    )
+    fenced = Attribute(
+        "``{host id: {'recovery', 'by', 'at'}}`` of the hosts a recovery removed for good."
+    )
+
+    def primary_partitions(host_id):
+        """:return: ``{partition: epoch}`` of the partitions *host_id* is primary of."""
+
+    def replica_partitions(host_id):
+        """:return: the sorted partitions whose replica set holds *host_id*."""
+
+    def admitted(host_id):
+        """:return: whether *host_id* is a member the cluster has fully taken in."""
+
+    def to_snapshot():
+        """:return: the whole state as plain data; equal on every host that applied the same
+        decisions."""
+
+
+class IVoting(IService, IPeerService):
+    """Consensus among a few voter hosts on membership, the partition map and id ranges; every
+    other member follows as a learner (docs/voting.md)."""
+
+    state = Attribute("The :class:`IClusterView` of the decisions applied here.")
+    settings = Attribute(
+        "The :class:`nodedb.voting.policy.VotingSettings` the leader's policy runs with."
+    )
+
+    def start(bootstrap=None):
+        """Load the persisted group (or start a new one) and begin taking part.
+
+        :param bootstrap: on the host that founds the cluster only: ``bootstrap()`` -> the
+            cluster's first decision once it can be made (:mod:`nodedb.voting.formation`), or
+            None until then.
+        """
 
     def propose(decision):
-        """:return: a Deferred that fires with the decision's log index once it is committed."""
-
-    def partition_map():
-        """:return: the current committed partition map: partition -> replica set, primary,
-            epoch."""
+        """:return: a Deferred that fires with the decision's log index once it is applied
+            here, or fails with :class:`~nodedb.errors.Unavailable` on a host that does not
+            lead."""
 
     def leader():
         """:return: the host id of the current leader, or None while there is none."""
 
+    def voters():
+        """:return: the frozenset of the group's voters, as this host knows them."""
 
-class ILogSync(Interface):
-    """Ships each partition's commit log from its primary to the replicas (docs/replication.md)."""
+    def changing_primaries():
+        """:return: the frozenset of partitions whose primary this host, as leader, is
+            changing now (a failover election or a planned move under way)."""
 
-    def update(state):
-        """The agreed partition map (a :class:`nodedb.voting.state.ClusterState`) changed:
-        take up, keep or leave the primary and follower roles it gives this host."""
+    def request_election(partition, epoch):
+        """The primary of *partition* at *epoch* was fenced by an election that did not
+        finish: have the leader hold one (it keeps the primary if that is still the best)."""
+
+    def status():
+        """:return: the ``voting`` object of ``/status``: ``leader``, ``term``, ``role``,
+            ``voters``, ``learners``, ``commit``, ``members``, ``holdings``."""
+
+
+class IReplication(Interface):
+    """What local writes and reads ask of log shipping: the epoch to commit at, and when a
+    commit or a read may be answered (docs/replication.md)."""
 
     def epochs(partitions):
         """:return: ``{partition: epoch}`` to commit local writes with.
 
         :raise nodedb.errors.Unavailable: if this host is not the ready primary of one of
-            *partitions* (nothing was applied; the client may retry).
+            *partitions*, or is handing it over (nothing was applied; the client may retry).
         """
 
     def begin(partitions):
@@ -327,72 +429,144 @@ class ILogSync(Interface):
 
         :return: None if the read may be answered now, else a Deferred that fires once it may
             (linearizably), or fails with Unavailable.
+        :raise nodedb.errors.Unavailable: if this host is not their ready primary.
         """
 
-    def elect(requests, skip=()):
+
+class ILogSync(IReplication, IService, IPeerService):
+    """Ships each partition's commit log from its primary to the replicas (docs/replication.md)."""
+
+    def update(state):
+        """The agreed partition map (an :class:`IClusterView`) changed: take up, keep or leave
+        the primary and follower roles it gives this host."""
+
+    def is_primary(partition):
+        """:return: whether this host is the ready primary of *partition* (it takes writes)."""
+
+    def syncing():
+        """:return: the sorted partitions this host follows but has not caught up on."""
+
+    def elect(requests, skip=(), prefer=None):
         """Fence replicas at new epochs and pick new primaries (for the Voting leader).
 
         :param requests: ``{partition: (new_epoch, replicas)}``.
-        :return: a Deferred of ``{partition: host}``.
+        :param skip: hosts not to ask (known to be down).
+        :param prefer: ``{partition: host}`` to pick when it is among the most complete.
+        :return: a Deferred of ``{partition: host}`` for the partitions a majority of whose
+            replicas answered.
         """
 
-    def syncing():
-        """:return: the partitions this host follows but has not caught up on."""
+    def handoff(partition, epoch, follower):
+        """As primary of *partition* at *epoch*, stop taking writes there until *follower*
+        holds everything, so that an election at the next epoch can pick it.
+
+        :return: a Deferred that fires with ``{"last": commit id}`` once *follower* has it
+            all, or fails with Unavailable (and writes resume).
+        """
+
+    def status():
+        """:return: the ``replication`` object of ``/status``: ``primary``, ``following``,
+            ``inactive``, ``resyncs``."""
 
 
 class IReliability(Interface):
-    """Unreliability scores from timeouts and successes; host availability."""
+    """Unreliability scores from timeouts and successes, and host availability."""
+
+    settings = Attribute(
+        "The :class:`nodedb.reliability.service.ReliabilitySettings`: ``call_timeout`` (seconds "
+        "a peer call may take) and ``retries`` (more tries of an idempotent call)."
+    )
 
     def record_success(host_id, rtt):
-        """A call to *host_id* succeeded after *rtt* seconds."""
+        """A call to *host_id* succeeded (after *rtt* seconds, or None if not measured)."""
 
     def record_timeout(host_id):
-        """A call to *host_id* timed out."""
+        """A call to *host_id* timed out or failed to reach it."""
+
+    def new_generation(host_id, generation):
+        """*host_id* runs as *generation*: a higher one than known means it restarted, and
+        what its previous life did is forgotten."""
+
+    def check():
+        """Look again at every host as time passes (one that fell silent becomes suspect);
+        called every gossip round."""
 
     def is_available(host_id):
-        """:return: False once the host's score has crossed the unavailability threshold."""
+        """:return: False once the host counts as unavailable (True for a host never seen)."""
 
     def score(host_id):
         """:return: the host's current unreliability score (0 is perfect)."""
 
+    def describe(host_id):
+        """:return: what ``/status`` shows of the host: ``unreliability``, ``available``,
+            ``since``, ``phi``, ``rtt``."""
+
 
 class IQuery(Interface):
-    """Accepts client requests; finds, routes and runs them; coordinates transactions.
+    """Runs the client operations (``docs/protocol.md``).
 
     Documents here are plain dicts (already checked by the wire layer); results are the
-    values of the client API in ``docs/protocol.md``.
+    values of the client API. A result is a Deferred or, when known at once, the value.
     """
 
     def insert(record_type, doc, near=None):
-        """:return: a Deferred that fires with the new element's id."""
+        """:return: the new element's id.
+
+        :param near: an element id: the new element goes in the same partition."""
 
     def get(record_type, element_id, consistency=None):
-        """:return: a Deferred (or value) with ``[doc, version]``; fails with NotFound.
+        """:return: ``[doc, version]``; fails with NotFound.
 
         :param consistency: None (linearizable) or ``"replica"`` (the nearest caught-up
             copy, possibly stale)."""
 
     def update(record_type, element_id, doc, if_version=None):
-        """:return: a Deferred that fires with the new version."""
+        """:return: the new version; fails with NotFound, or Conflict if *if_version* is not
+            the current one."""
 
     def delete(record_type, element_id, if_version=None):
-        """:return: a Deferred that fires with the version of the delete."""
+        """:return: the version of the delete; fails as :meth:`update` does."""
 
     def scan(record_type, where=None, limit=None, cursor=None):
-        """:return: a Deferred (or value) with ``{"items": [[id, doc, version], ...],
-            "cursor": str or None}``."""
+        """:return: ``{"items": [[id, doc, version], ...], "cursor": str or None}``: a page
+            in id order, *cursor* (None at the end) resuming after it."""
 
     def transaction(operations):
         """Apply *operations* (``{"op": "insert"|"update"|"delete", ...}`` maps) all or none.
 
-        :return: a Deferred that fires with the list of results in order.
+        :return: the list of results in order (ids of inserts, versions otherwise).
         """
 
     def status():
         """:return: the status document served at ``/status``."""
 
 
-class ITransactions(Interface):
+class IQueryRouter(IQuery, IPeerService):
+    """The node's query service: routes each client operation to the host that can answer it
+    (docs/architecture.md), and lends its way of calling hosts to transactions."""
+
+    scans = Attribute(
+        "The scans this host coordinates (:class:`nodedb.query.scans.ScanService`): "
+        "``status()`` for ``/status``, ``stop()`` when the node stops."
+    )
+
+    def primary_of(partition):
+        """:return: the host id the agreed map names primary of *partition*.
+
+        :raise nodedb.errors.Unavailable: if it names none.
+        """
+
+    def call_host(host, op, arguments, write, timeout=None):
+        """Call the peer operation *op* on *host*, directly or through a relay.
+
+        :param write: True if the call may change state (it is then never tried again once
+            it may have arrived).
+        :return: a Deferred of the reply; fails with the error *host* answered, Timeout (a
+            write that may have been applied) or Unavailable (nothing was applied).
+        """
+
+
+class ITransactions(IService, IPeerService):
     """Coordinates the transactions that span partitions: two-phase commit through the
     partitions' own logs (``nodedb/transactions/``, docs/query.md). The router hands it each
     such transaction whose home partition this host leads; the query layer reaches it only

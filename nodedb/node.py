@@ -313,12 +313,12 @@ class NodeService(MultiService):
         cluster = self.identity["cluster_id"]
         return {
             h: e.address
-            for h, e in self.gossip.state.ni.entries.items()
+            for h, e in self.gossip.ni.entries.items()
             if e.cluster_id in (cluster, "") and self.reliability.is_available(h)
         }
 
     def _address_of(self, host_id):
-        entry = self.gossip.state.ni.entries.get(host_id)
+        entry = self.gossip.ni.entries.get(host_id)
         if entry is not None:
             return entry.address
         member = self.voting.state.members.get(host_id)
@@ -326,7 +326,7 @@ class NodeService(MultiService):
 
     def _host_views(self):
         views = {}
-        for host_id, entry in self.gossip.state.ni.entries.items():
+        for host_id, entry in self.gossip.ni.entries.items():
             health = self.reliability.describe(host_id)
             own = host_id == self.identity["host_id"]
             views[host_id] = HostView(
@@ -386,7 +386,7 @@ class NodeService(MultiService):
         primaries = {a.primary for a in self.voting.state.assignments.values() if a.primary is not None}
         hosts = []
         for host_id in sorted(primaries):
-            entry = self.gossip.state.ni.entries.get(host_id)
+            entry = self.gossip.ni.entries.get(host_id)
             if entry is not None and self._has_room(entry.free_bytes) and self.reliability.is_available(host_id):
                 hosts.append(host_id)
         return hosts
@@ -402,7 +402,7 @@ class NodeService(MultiService):
         me = self.gossip.coordinate
         best = None
         for host_id in assignment.replicas:
-            entry = self.gossip.state.ni.entries.get(host_id)
+            entry = self.gossip.ni.entries.get(host_id)
             if entry is None or partition in entry.syncing or not self.reliability.is_available(host_id):
                 continue
             rank = distance(me, entry.coordinate)
@@ -696,7 +696,7 @@ class NodeService(MultiService):
             raise errors.Unavailable("the node is still starting")
         host = self.host_entry()
         others = [self._describe(entry) for entry in self.gossip.hosts()[1:]]
-        gossip = self.gossip.state
+        ni = self.gossip.ni
         return {
             "host": host,
             "hosts": [host, *others],
@@ -705,7 +705,7 @@ class NodeService(MultiService):
                 "partitions": self.identity["partitions"],
                 "replicas": self.identity["replicas"],
             },
-            "ni": {"size": gossip.ni.size, "checksum": f"{gossip.ni.checksum:016x}", "rounds": self.gossip.rounds},
+            "ni": {"size": ni.size, "checksum": f"{ni.checksum:016x}", "rounds": self.gossip.rounds},
             "voting": self.voting.status() if self.voting is not None else None,
             "health": cluster_health(self.voting, self._host_views()) if self.voting is not None else None,
             "fenced": self.fence.reason,

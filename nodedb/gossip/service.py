@@ -14,12 +14,15 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements, implementer
 
 from nodedb import errors
-from nodedb.gossip.state import EntryError, Gossip, GossipSettings, HostEntry, check_entries
-from nodedb.interfaces import IGossip
+from nodedb.gossip.state import EntryError, Gossip, GossipSettings, HostEntry, NetworkInformation, check_entries
+from nodedb.interfaces import IGossip, INetworkInformation
 from nodedb.topology.vivaldi import Coordinate, displacement, update
+
+# Declared here rather than in the pure module, which imports nothing but the standard library.
+classImplements(NetworkInformation, INetworkInformation)
 
 #: Calls that count against a peer's reliability when they fail.
 _PEER_FAILURES = (errors.Timeout, errors.Unavailable)
@@ -85,6 +88,10 @@ class GossipService(Service):
         self.rounds = 0
 
     # -- IGossip ----------------------------------------------------------------------------
+
+    @property
+    def ni(self):
+        return self.state.ni
 
     def local_entry(self):
         return self.state.local

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nodedb import errors
-from nodedb.interfaces import IQuery
+from nodedb.interfaces import IQueryRouter
 from nodedb.query import relay
 from nodedb.query.api import CLIENT_OPERATIONS
 from nodedb.query.local import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
@@ -67,7 +67,7 @@ _RELAY = Schema(
 _MAX_RELAY_TIMEOUT = 300.0
 
 
-@implementer(IQuery)
+@implementer(IQueryRouter)
 class Router:
     """Routes each request to the partition's primary (or nearest replica).
 

@@ -7,6 +7,13 @@
 - :mod:`nodedb.testing.storage_contract`, :mod:`~nodedb.testing.transport_contract` and
   :mod:`~nodedb.testing.allocator_contract` hold the behaviour every storage backend, peer
   transport and id allocator must show; see ``docs/plugins.md``.
+- The other ``*_contract`` modules hold the behaviour every provider of a service interface
+  (:mod:`nodedb.interfaces`) must show: :mod:`~nodedb.testing.gossip_contract`,
+  :mod:`~nodedb.testing.voting_contract`, :mod:`~nodedb.testing.logsync_contract`,
+  :mod:`~nodedb.testing.reliability_contract`, :mod:`~nodedb.testing.query_contract` and
+  :mod:`~nodedb.testing.transactions_contract`; ``tests/contract/test_service_contracts.py``
+  runs them against nodedb's own providers. Those of services that talk to peers run on
+  :mod:`nodedb.testing.peers`, a few hosts on the simulated network.
 
 Nothing here touches the global reactor, but for the transport contract, whose tests run
 over real connections inside it.

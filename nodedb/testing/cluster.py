@@ -175,7 +175,9 @@ class SimCluster:
 
     def leader(self):
         """The live host that leads Voting (None while there is none)."""
-        leaders = [h for h in self.live() if h.node.voting is not None and h.node.voting.raft.state == "leader"]
+        leaders = [
+            h for h in self.live() if h.node.voting is not None and h.node.voting.leader() == h.node.identity["host_id"]
+        ]
         return leaders[0] if len(leaders) == 1 else None
 
     def agreed(self):
@@ -200,7 +202,7 @@ class SimCluster:
             return False
         voting = leader.node.voting
         wanted = voter_count(len(voting.state.members), voting.settings.max_voters)
-        if len(voting.raft.config.voters) != wanted or voting._electing or voting._moving or not self.admitted():
+        if len(voting.voters()) != wanted or voting.changing_primaries() or not self.admitted():
             return False
         # The leader's picture has caught up too (it plans from it): no planned move is due.
         views = leader.node._host_views()
@@ -238,8 +240,9 @@ class SimCluster:
         live = self.live()
         if len(live) != len([h for h in self.hosts if h.up]):
             return False
-        first = live[0].node.gossip.state
-        return all(h.node.gossip.state.converged_with(first) for h in live) and first.ni.size == len(self.hosts)
+        first = live[0].node.gossip.ni
+        same = all((h.node.gossip.ni.size, h.node.gossip.ni.checksum) == (first.size, first.checksum) for h in live)
+        return same and first.size == len(self.hosts)
 
     def availability(self, subject_id):
         """``{observer name: available?}`` for *subject_id*, as each other live host sees it."""

@@ -19,6 +19,10 @@ pytest-twisted inside a running reactor, so a backend whose Deferreds fire later
 thread, a network store) is tested exactly as one whose Deferreds fire at once. Ids follow :attr:`StorageBackendContract.layout`, the default
 :class:`nodedb.ids.IdLayout`; override it if the backend is built with another.
 
+The suite is made of themed parts, which :class:`StorageBackendContract` combines:
+:class:`StorageWritesContract`, :class:`StorageReadsContract`,
+:class:`StorageReplicationContract` and :class:`StorageMetaContract`.
+
 See docs/plugins.md.
 """
 
@@ -130,8 +134,8 @@ class _BackendFixtures:
         )
 
 
-class StorageBackendContract(_BackendFixtures):
-    """Tests every storage backend must pass; subclass it and define :meth:`make_backend`."""
+class StorageWritesContract(_BackendFixtures):
+    """Inserts, updates and deletes, alone and in units of several operations."""
 
     # -- the interface ----------------------------------------------------------------------
 
@@ -329,6 +333,10 @@ class StorageBackendContract(_BackendFixtures):
         assert [e.commit_id for e in backend.read_log(0, 0, 100)] == [1, 2, 3, 4, 5]
         assert backend.partition_state(0).last_commit_id == 5
 
+
+class StorageReadsContract(_BackendFixtures):
+    """Scans, the commit log and partition states, as commits leave them."""
+
     # -- reads ------------------------------------------------------------------------------
 
     @pytest_twisted.ensureDeferred
@@ -448,6 +456,11 @@ class StorageBackendContract(_BackendFixtures):
         state = backend.partition_state(3)
         state.last_commit_id = 1000
         assert backend.partition_state(3).last_commit_id == 1
+
+
+class StorageReplicationContract(_BackendFixtures):
+    """What replication relies on: commits at an epoch, promises, appends, truncation and
+    full resyncs (the rules of :func:`nodedb.storage.apply.apply_replication`)."""
 
     # -- commits at a replication epoch -------------------------------------------------------
 
@@ -794,6 +807,10 @@ class StorageBackendContract(_BackendFixtures):
         assert self.snapshot(backend, ["user", "item"], [6]) == before
         assert others() == untouched
 
+
+class StorageMetaContract(_BackendFixtures):
+    """Record types, metadata, statistics, and closing."""
+
     # -- record types -----------------------------------------------------------------------
 
     @pytest_twisted.ensureDeferred
@@ -849,6 +866,12 @@ class StorageBackendContract(_BackendFixtures):
         await backend.close()
         await failure_of(backend.commit([Insert("t", self.id(0, 2), doc(v=1))], T0), Unavailable)
         await failure_of(backend.set_meta({"k": 1}), Unavailable)
+
+
+class StorageBackendContract(
+    StorageWritesContract, StorageReadsContract, StorageReplicationContract, StorageMetaContract
+):
+    """Tests every storage backend must pass; subclass it and define :meth:`make_backend`."""
 
 
 class DurableStorageContract(_BackendFixtures):

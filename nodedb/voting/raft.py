@@ -5,7 +5,9 @@ messages come in through :meth:`Raft.step`; the application asks for changes wit
 :meth:`Raft.propose`. Everything the caller must act on is collected in a :class:`Ready`:
 entries and hard state to make durable, messages to send, committed entries to apply. The
 caller persists first and sends after (a vote or an acknowledgement must never be sent before
-what it promises is on disk), then calls :meth:`Raft.advance`.
+what it promises is on disk), then calls :meth:`Raft.advance`. As in etcd, the log's bookkeeping
+is a class of its own (:class:`~nodedb.voting.raft_log.RaftLog`), and so is the counting of
+votes and of the followers' progress (:class:`~nodedb.voting.raft_tracker.Tracker`).
 
 What is implemented (Ongaro's dissertation, chapters 3, 4, 5, 9):
 
@@ -29,6 +31,9 @@ What is implemented (Ongaro's dissertation, chapters 3, 4, 5, 9):
 
 from dataclasses import dataclass, field
 
+from nodedb.voting.raft_log import Config, Entry, RaftLog, Snapshot
+from nodedb.voting.raft_tracker import Tracker
+
 FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER = "follower", "pre-candidate", "candidate", "leader"
 
 # Message types.
@@ -51,44 +56,6 @@ class NotLeader(Exception):
 
 class ChangeInProgress(Exception):
     """A membership change is uncommitted; propose the next one after it commits."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One log entry. ``config`` entries carry ``{"voters": [...], "learners": [...]}``."""
-
-    term: int
-    index: int
-    kind: str = "normal"
-    data: object = None
-
-
-@dataclass(frozen=True)
-class Config:
-    voters: frozenset = frozenset()
-    learners: frozenset = frozenset()
-
-    def to_data(self):
-        return {"voters": sorted(self.voters), "learners": sorted(self.learners)}
-
-    @classmethod
-    def from_data(cls, data):
-        return cls(frozenset(data["voters"]), frozenset(data["learners"]))
-
-    @property
-    def members(self):
-        return self.voters | self.learners
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The application state as of ``index`` (whose entry had ``term``), with the
-    configuration in force there."""
-
-    index: int
-    term: int
-    config: Config
-    data: object = None
 
 
 @dataclass(frozen=True)
@@ -148,16 +115,6 @@ class Ready:
         )
 
 
-@dataclass
-class _Progress:
-    match: int = 0
-    next: int = 1
-    #: Heard from since the last check-quorum.
-    active: bool = False
-    #: Ticks to wait before sending a snapshot again (it may be large, and on its way).
-    snapshot_wait: int = 0
-
-
 class Raft:
     """One member's Raft state.
 
@@ -192,72 +149,44 @@ class Raft:
         self.check_quorum = check_quorum
         self.term = hard_state.term
         self.vote = hard_state.vote
-        self.commit = hard_state.commit
-        self.snapshot = snapshot or Snapshot(0, 0, config)
-        self.log = [e for e in log if e.index > self.snapshot.index]
+        self._log = RaftLog(snapshot or Snapshot(0, 0, config), log)
         self.applied = self.snapshot.index
-        self.commit = max(self.commit, self.snapshot.index)
-        self.config = self._config_at_end()
+        self.commit = max(hard_state.commit, self.snapshot.index)
+        self.config = self._log.config()
         self.state = FOLLOWER
         self.leader = None
         self.elapsed = 0
         self.timeout = self._random_timeout()
-        self.votes = {}
-        self.progress = {}
+        #: Votes and, while leading, the followers' progress.
+        self.tracker = Tracker()
         self._pending_config = 0
-        self._ready = Ready()
+        self._messages = []  # to send with the next Ready
         self._last_hard = HardState(self.term, self.vote, self.commit)
-        self._handed_out = self.applied  # the last committed index handed out in a Ready
 
-    # -- the log ----------------------------------------------------------------------------
+    # -- the log (kept by nodedb.voting.raft_log) -------------------------------------------
+
+    @property
+    def log(self):
+        """The entries after the snapshot."""
+        return self._log.entries
+
+    @property
+    def snapshot(self):
+        return self._log.snapshot
 
     def last_index(self):
-        return self.log[-1].index if self.log else self.snapshot.index
-
-    def last_term(self):
-        return self.log[-1].term if self.log else self.snapshot.term
-
-    def term_at(self, index):
-        """The term of the entry at *index*, or None if it is compacted away or missing."""
-        if index == self.snapshot.index:
-            return self.snapshot.term
-        offset = index - self.snapshot.index - 1
-        if 0 <= offset < len(self.log):
-            return self.log[offset].term
-        return None
-
-    def entries_from(self, index, limit=MAX_ENTRIES_PER_MESSAGE):
-        offset = index - self.snapshot.index - 1
-        return tuple(self.log[max(0, offset) : max(0, offset) + limit])
-
-    def _config_at_end(self):
-        for entry in reversed(self.log):
-            if entry.kind == "config":
-                return Config.from_data(entry.data)
-        return self.snapshot.config
+        return self._log.last_index()
 
     def _append(self, entries):
         """Append (or replace from the first conflict on) *entries*; the caller must persist."""
-        for entry in entries:
-            existing = self.term_at(entry.index)
-            if existing is None and entry.index <= self.snapshot.index:
-                continue  # already compacted: it is committed, so it matches
-            if existing == entry.term:
-                continue
-            if existing is not None:
-                # A conflict: drop this entry and everything after it.
-                keep = entry.index - self.snapshot.index - 1
-                del self.log[keep:]
-                self._ready.entries = [e for e in self._ready.entries if e.index < entry.index]
-                if self._ready.truncate_from is None or entry.index < self._ready.truncate_from:
-                    self._ready.truncate_from = entry.index
-            self.log.append(entry)
-            self._ready.entries.append(entry)
-            if entry.kind == "config":
-                self.config = Config.from_data(entry.data)
-                self._config_changed()
+        for config in self._log.append(entries):
+            self.config = config
+            if self.state == LEADER:
+                # A leader removed from the voters steps down once the change commits (see
+                # _maybe_commit).
+                self.tracker.follow_config(config, self.id, self.last_index())
         # A config entry that was truncated away no longer applies.
-        self.config = self._config_at_end()
+        self.config = self._log.config()
 
     # -- time -------------------------------------------------------------------------------
 
@@ -267,24 +196,17 @@ class Raft:
     def tick(self):
         self.elapsed += 1
         if self.state == LEADER:
-            for progress in self.progress.values():
-                progress.snapshot_wait = max(0, progress.snapshot_wait - 1)
+            self.tracker.wait_for_snapshots()
             if self.elapsed % self.heartbeat_ticks == 0:
                 self._broadcast_append()
             if self.check_quorum and self.elapsed >= self.election_ticks:
                 self.elapsed = 0
-                active = sum(1 for v in self.config.voters if v == self.id or self.progress.get(v, _Progress()).active)
-                for progress in self.progress.values():
-                    progress.active = False
-                if active < self._quorum():
+                if not self.tracker.quorum_active(self.config.voters, self.id):
                     self._become_follower(self.term, None)
         elif self.elapsed >= self.timeout and self.id in self.config.voters:
             self.campaign()
 
     # -- elections --------------------------------------------------------------------------
-
-    def _quorum(self):
-        return len(self.config.voters) // 2 + 1
 
     def campaign(self):
         """Start an election (a pre-vote first, if enabled)."""
@@ -301,14 +223,18 @@ class Raft:
             self._become_candidate()
             term = self.term
             kind = VOTE
-        self.votes = {self.id: True}
+        self.tracker.vote_for_self(self.id)
         self.elapsed = 0
         self.timeout = self._random_timeout()
-        if self._tally() >= self._quorum():
+        if self.tracker.election_won(self.config.voters):
             self._won_round()
             return
+        self._request_votes(kind, term)
+
+    def _request_votes(self, kind, term):
+        last_index, last_term = self.last_index(), self._log.last_term()
         for voter in sorted(self.config.voters - {self.id}):
-            self._send(Message(kind, self.id, voter, term, last_index=self.last_index(), last_term=self.last_term()))
+            self._send(Message(kind, self.id, voter, term, last_index=last_index, last_term=last_term))
 
     def _become_candidate(self):
         self.state = CANDIDATE
@@ -316,20 +242,14 @@ class Raft:
         self.vote = self.id
         self.leader = None
 
-    def _tally(self):
-        return sum(1 for granted in self.votes.values() if granted)
-
     def _won_round(self):
         if self.state == PRE_CANDIDATE:
             self._become_candidate()
-            self.votes = {self.id: True}
-            if self._tally() >= self._quorum():
+            self.tracker.vote_for_self(self.id)
+            if self.tracker.election_won(self.config.voters):
                 self._become_leader()
                 return
-            for voter in sorted(self.config.voters - {self.id}):
-                self._send(
-                    Message(VOTE, self.id, voter, self.term, last_index=self.last_index(), last_term=self.last_term())
-                )
+            self._request_votes(VOTE, self.term)
         else:
             self._become_leader()
 
@@ -341,37 +261,30 @@ class Raft:
         self.leader = leader
         self.elapsed = 0
         self.timeout = self._random_timeout()
-        self.votes = {}
+        self.tracker.votes.clear()
 
     def _become_leader(self):
         self.state = LEADER
         self.leader = self.id
         self.elapsed = 0
-        self.progress = {m: _Progress(next=self.last_index() + 1) for m in self.config.members if m != self.id}
-        self._pending_config = max(
-            (e.index for e in self.log if e.kind == "config" and e.index > self.commit), default=0
-        )
+        self.tracker.lead(self.config.members, self.id, self.last_index() + 1)
+        self._pending_config = self._log.config_index_after(self.commit)
         # A no-op entry of the new term lets the leader commit what earlier terms left.
         self._append([Entry(self.term, self.last_index() + 1)])
         self._maybe_commit()
         self._broadcast_append()
 
-    def _config_changed(self):
-        if self.state == LEADER:
-            for member in self.config.members - {self.id}:
-                self.progress.setdefault(member, _Progress(next=self.last_index()))
-            for gone in set(self.progress) - self.config.members:
-                del self.progress[gone]
-            # A leader removed from the voters steps down once the change commits
-            # (see _maybe_commit).
-
     def _log_is_current(self, message):
-        return (message.last_term, message.last_index) >= (self.last_term(), self.last_index())
+        return (message.last_term, message.last_index) >= (self._log.last_term(), self.last_index())
 
     # -- messages ---------------------------------------------------------------------------
 
     def _send(self, message):
-        self._ready.messages.append(message)
+        self._messages.append(message)
+
+    def _answer(self, message, kind, term=None, **fields):
+        """Send *kind* back to the source of *message*, at this member's term by default."""
+        self._send(Message(kind, self.id, message.source, self.term if term is None else term, **fields))
 
     def step(self, message):
         """Handle a message from a peer."""
@@ -392,7 +305,7 @@ class Raft:
         elif message.term < self.term:
             if message.kind in (APPEND, SNAPSHOT):
                 # Tell a stale leader about the new term.
-                self._send(Message(APPEND_REPLY, self.id, message.source, self.term))
+                self._answer(message, APPEND_REPLY)
             return
         handler = {
             VOTE: self._on_vote,
@@ -409,14 +322,14 @@ class Raft:
 
     def _on_pre_vote(self, message):
         granted = message.term > self.term and self._log_is_current(message) and not self._in_lease()
-        self._send(Message(PRE_VOTE_REPLY, self.id, message.source, message.term if granted else self.term, granted=granted))
+        self._answer(message, PRE_VOTE_REPLY, message.term if granted else self.term, granted=granted)
 
     def _on_vote(self, message):
         granted = self.vote in (None, message.source) and self._log_is_current(message)
         if granted:
             self.vote = message.source
             self.elapsed = 0
-        self._send(Message(VOTE_REPLY, self.id, message.source, self.term, granted=granted))
+        self._answer(message, VOTE_REPLY, granted=granted)
 
     def _on_vote_reply(self, message):
         if self.state == CANDIDATE:
@@ -425,116 +338,82 @@ class Raft:
     def _count(self, message):
         if message.source not in self.config.voters:
             return
-        self.votes[message.source] = message.granted
-        if self._tally() >= self._quorum():
+        self.tracker.record_vote(message.source, message.granted)
+        if self.tracker.election_won(self.config.voters):
             self._won_round()
-        elif sum(1 for g in self.votes.values() if not g) >= self._quorum():
+        elif self.tracker.election_lost(self.config.voters):
             self._become_follower(self.term, None)
 
-    def _on_append(self, message):
+    def _follow(self, message):
+        """*message* came from the leader of this term."""
         self.state = FOLLOWER
         self.leader = message.source
         self.elapsed = 0
+
+    def _on_append(self, message):
+        self._follow(message)
         if message.prev_index < self.commit:
             # Already committed here: answer with what we have.
-            self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=self.commit))
+            self._answer(message, APPEND_REPLY, success=True, match=self.commit)
             return
-        if self.term_at(message.prev_index) != message.prev_term:
+        if self._log.term_at(message.prev_index) != message.prev_term:
             hint = min(message.prev_index - 1, self.last_index())
-            self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=False, hint=max(hint, 0)))
+            self._answer(message, APPEND_REPLY, success=False, hint=max(hint, 0))
             return
         self._append(message.entries)
         match = message.prev_index + len(message.entries)
         if message.commit > self.commit:
             self.commit = min(message.commit, match)
-        self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=match))
+        self._answer(message, APPEND_REPLY, success=True, match=match)
 
     def _on_snapshot(self, message):
-        self.state = FOLLOWER
-        self.leader = message.source
-        self.elapsed = 0
+        self._follow(message)
         snapshot = message.snapshot
         if snapshot.index <= self.commit:
-            self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=self.commit))
+            self._answer(message, APPEND_REPLY, success=True, match=self.commit)
             return
-        if self.term_at(snapshot.index) == snapshot.term:
-            # We have that entry: keep the log after it, compact what is before.
-            self.log = [e for e in self.log if e.index > snapshot.index]
-        else:
-            self.log = []
-            self._ready.entries = []
-            self._ready.truncate_from = snapshot.index + 1
-        self.snapshot = snapshot
-        self._ready.snapshot = snapshot
-        self.commit = self.applied = self._handed_out = snapshot.index
-        self.config = self._config_at_end()
-        self._send(Message(APPEND_REPLY, self.id, message.source, self.term, success=True, match=snapshot.index))
+        self._log.restore(snapshot)
+        self.commit = self.applied = snapshot.index
+        self.config = self._log.config()
+        self._answer(message, APPEND_REPLY, success=True, match=snapshot.index)
 
     def _on_append_reply(self, message):
         if self.state != LEADER:
             return
-        progress = self.progress.get(message.source)
+        progress = self.tracker.heard_from(message.source)
         if progress is None:
             return
-        progress.active = True
-        progress.snapshot_wait = 0
         if message.success:
-            if message.match > progress.match:
-                progress.match = message.match
-                if self._maybe_commit():
-                    # Tell everyone the new commit index now rather than at the next beat.
-                    progress.next = max(progress.next, progress.match + 1)
-                    self._broadcast_append()
-                    return
-            progress.next = max(progress.next, progress.match + 1)
-            if progress.next <= self.last_index():
+            if progress.matched(message.match) and self._maybe_commit():
+                self._broadcast_append()  # tell everyone the new commit index now
+            elif progress.next <= self.last_index():
                 self._send_append(message.source)
-        elif message.hint >= progress.match:
-            # Back off towards the follower's log; a rejection older than what the follower
-            # already acknowledged is stale and ignored.
-            progress.next = max(progress.match + 1, min(progress.next - 1, message.hint + 1))
+        elif progress.refused(message.hint):
             self._send_append(message.source)
 
     # -- replication ------------------------------------------------------------------------
 
     def _broadcast_append(self):
-        for member in sorted(self.progress):
+        for member in sorted(self.tracker.progress):
             self._send_append(member)
 
     def _send_append(self, member):
-        progress = self.progress[member]
+        progress = self.tracker.progress[member]
         prev = progress.next - 1
-        prev_term = self.term_at(prev)
-        if prev_term is None:
-            if progress.snapshot_wait > 0:
-                return
-            progress.snapshot_wait = self.election_ticks
-            self._send(Message(SNAPSHOT, self.id, member, self.term, snapshot=self.snapshot))
+        prev_term = self._log.term_at(prev)
+        if prev_term is None:  # compacted away: the follower needs the snapshot
+            if progress.may_send_snapshot(self.election_ticks):
+                self._send(Message(SNAPSHOT, self.id, member, self.term, snapshot=self.snapshot))
             return
-        self._send(
-            Message(
-                APPEND,
-                self.id,
-                member,
-                self.term,
-                prev_index=prev,
-                prev_term=prev_term,
-                entries=self.entries_from(progress.next),
-                commit=self.commit,
-            )
-        )
+        entries = self._log.entries_from(progress.next, MAX_ENTRIES_PER_MESSAGE)
+        fields = {"prev_index": prev, "prev_term": prev_term, "entries": entries, "commit": self.commit}
+        self._send(Message(APPEND, self.id, member, self.term, **fields))
 
     def _maybe_commit(self):
         """Advance the commit index to what a majority of voters has, if that entry is of the
         current term. :return: True if it advanced."""
-        matches = sorted(
-            [self.last_index() if v == self.id else self.progress.get(v, _Progress()).match for v in self.config.voters],
-            reverse=True,
-        )
-        if not matches:
-            return False
-        candidate = matches[self._quorum() - 1]
-        if candidate <= self.commit or self.term_at(candidate) != self.term:
+        candidate = self.tracker.quorum_match(self.config.voters, self.id, self.last_index())
+        if candidate is None or candidate <= self.commit or self._log.term_at(candidate) != self.term:
             return False
         self.commit = candidate
         if self._pending_config and self._pending_config <= self.commit:
@@ -546,7 +425,7 @@ class Raft:
     def current_members(self):
         """On the leader: the members (itself included) whose log holds every committed
         entry, so whose state is the agreed one."""
-        return {self.id} | {m for m, p in self.progress.items() if p.match >= self.commit}
+        return self.tracker.current_members(self.id, self.commit)
 
     # -- proposals --------------------------------------------------------------------------
 
@@ -567,12 +446,7 @@ class Raft:
         """
         if self.state == LEADER and self._pending_config > self.commit:
             raise ChangeInProgress("a membership change is still uncommitted")
-        new = Config(frozenset(voters), frozenset(learners) - frozenset(voters))
-        grows_alone = self.config.voters == {self.id} and self.config.voters < new.voters
-        if len(new.voters ^ self.config.voters) > 1 and not grows_alone:
-            raise ValueError("change one voter at a time")
-        if not new.voters:
-            raise ValueError("a cluster needs a voter")
+        new = self.config.change(voters, learners, self.id)
         if self.state != LEADER:
             raise NotLeader(self.leader)
         self._pending_config = self.last_index() + 1
@@ -611,16 +485,7 @@ class Raft:
         """The application's state as of applied *index* is *data*: drop the log up to it."""
         if index > self.applied or index <= self.snapshot.index:
             raise ValueError("compact only at an applied index past the last snapshot")
-        term = self.term_at(index)
-        config = self.snapshot.config
-        for entry in self.log:
-            if entry.index > index:
-                break
-            if entry.kind == "config":
-                config = Config.from_data(entry.data)
-        self.snapshot = Snapshot(index, term, config, data)
-        self.log = [e for e in self.log if e.index > index]
-        self._ready.snapshot = self.snapshot
+        self._log.compact(index, data)
 
     # -- the ready cycle --------------------------------------------------------------------
 
@@ -629,15 +494,13 @@ class Raft:
 
         Each call hands out new work only, so the caller may ask again while it is still
         persisting an earlier one (it must then persist them in order)."""
-        ready, self._ready = self._ready, Ready()
+        entries, truncate_from, snapshot = self._log.take_unsaved()
+        ready = Ready(entries=entries, truncate_from=truncate_from, snapshot=snapshot, messages=self._messages)
+        self._messages = []
         hard = HardState(self.term, self.vote, self.commit)
         if hard != self._last_hard:
             ready.hard_state = self._last_hard = hard
-        if self.commit > self._handed_out:
-            first = self._handed_out + 1
-            ready.committed = [e for e in self.log if first <= e.index <= self.commit]
-            if ready.committed:
-                self._handed_out = ready.committed[-1].index
+        ready.committed = self._log.hand_out(self.commit)
         return ready
 
     def advance(self, ready):

@@ -14,15 +14,18 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements, implementer
 
 from nodedb import errors
-from nodedb.interfaces import IVoting
+from nodedb.interfaces import IClusterView, IVoting
 from nodedb.voting import policy, recovery
 from nodedb.voting.messages import MessageError, message_from_wire, message_to_wire
 from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.raft import LEADER, ChangeInProgress, Config, NotLeader, Raft, Snapshot
 from nodedb.voting.state import ClusterState
+
+# Declared here rather than in the pure module, which imports nothing but the standard library.
+classImplements(ClusterState, IClusterView)
 
 
 @dataclass(frozen=True)
@@ -422,8 +425,11 @@ class VotingService(Service):
     def leader(self):
         return self.raft.leader if self.raft is not None else None
 
-    def partition_map(self):
-        return self.state.assignments
+    def voters(self):
+        return self.raft.config.voters if self.raft is not None else frozenset()
+
+    def changing_primaries(self):
+        return frozenset(self._electing | self._moving)
 
     def status(self):
         raft = self.raft.status()
@@ -435,15 +441,5 @@ class VotingService(Service):
             "learners": raft["learners"],
             "commit": raft["commit"],
             "members": {host: member["address"] for host, member in sorted(self.state.members.items())},
-            "holdings": self._holdings(),
+            "holdings": self.state.holdings(),
         }
-
-    def _holdings(self):
-        """``{host: {"primary": n, "replicas": m}}`` from the agreed partition map."""
-        holdings = {host: {"primary": 0, "replicas": 0} for host in self.state.members}
-        for assignment in self.state.assignments.values():
-            for position, host in enumerate(assignment.replicas):
-                counts = holdings.setdefault(host, {"primary": 0, "replicas": 0})
-                counts["replicas"] += 1
-                counts["primary"] += position == 0
-        return holdings

@@ -78,6 +78,17 @@ class ClusterState:
     def replica_partitions(self, host_id):
         return sorted(p for p, a in self.assignments.items() if host_id in a.replicas)
 
+    def holdings(self):
+        """``{host: {"primary": n, "replicas": m}}``: how many partitions each member (and
+        any other host the map names) leads and holds."""
+        holdings = {host: {"primary": 0, "replicas": 0} for host in self.members}
+        for assignment in self.assignments.values():
+            for position, host in enumerate(assignment.replicas):
+                counts = holdings.setdefault(host, {"primary": 0, "replicas": 0})
+                counts["replicas"] += 1
+                counts["primary"] += position == 0
+        return holdings
+
     def load(self):
         """``{host id: number of partitions it holds}`` (every member listed)."""
         counts = {host: 0 for host in self.members}

@@ -167,7 +167,7 @@ def test_a_follower_with_a_conflicting_tail_takes_the_leaders_log():
     group.isolate("b")
     b = group.nodes["b"]
     b.state, b.term, b.leader = LEADER, b.term + 5, "b"
-    b.progress = {}
+    b.tracker.progress = {}
     b.propose("lost-1")
     b.propose("lost-2")
     group.stabilize()

@@ -33,7 +33,7 @@ def traffic():
     nodes["a"].propose_config({"a", "b", "c"}, learners={"d"})
     pump()
     nodes["a"].compact(nodes["a"].applied, {"state": 1})
-    nodes["a"].progress["c"].next = 1
+    nodes["a"].tracker.progress["c"].next = 1
     nodes["a"].tick()
     pump()
     return seen
