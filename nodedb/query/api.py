@@ -51,7 +51,8 @@ class Operation:
 class RequestAPI:
     """Serves the client and peer requests of one node over any :class:`Channel`.
 
-    :param query: the node's :class:`~nodedb.interfaces.IQuery`.
+    :param query: the node's :class:`~nodedb.interfaces.IQuery`, or None for a host that serves
+        only peer operations.
     :param hello: a callable returning what a ``hello`` reply carries about this node.
     :param metrics: a :class:`nodedb.metrics.NodeMetrics`, or None.
     :param clock: an ``IReactorTime`` for request latencies.
@@ -70,7 +71,10 @@ class RequestAPI:
         self.metrics = metrics
         self._operations = {}
         for op, schema in CLIENT_OPERATIONS.items():
-            self.register(op, _pong if op == "ping" else getattr(query, op), client=True, schema=schema)
+            if op == "ping":
+                self.register(op, _pong, client=True, schema=schema)
+            elif query is not None:  # else a host that serves peer operations only (test peers)
+                self.register(op, getattr(query, op), client=True, schema=schema)
 
     @property
     def operations(self):
