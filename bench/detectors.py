@@ -82,7 +82,7 @@ JITTER = {
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 def build(seed, hosts, jitter=None, heartbeat=1.0):

@@ -52,7 +52,7 @@ FROZEN_VOTING = VotingTiming(policy_interval=1e9)
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 class Clocks:

@@ -8,6 +8,9 @@ unless ``--insecure`` is given.
 import html
 import json
 
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.web import pages
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -142,3 +145,39 @@ def make_admin_site(node):
     site = Site(root)
     site.displayTracebacks = False
     return site
+
+
+class AdminService(Service):
+    """Serves *site* on *endpoint* once :meth:`listen` is called. Unlike Twisted's
+    ``StreamServerEndpointService``, a port that cannot be bound fails :meth:`listen` (so the
+    node does not start) rather than only being logged."""
+
+    def __init__(self, endpoint, site):
+        self.endpoint = endpoint
+        self.site = site
+        self._port = None
+
+    @classmethod
+    def for_node(cls, node):
+        """The admin site of *node* on the endpoint its configuration names (with TLS when the
+        node has it)."""
+        config = node.config
+        endpoint = serverFromString(node.reactor, config.admin)
+        tls = config.tls_context()
+        if tls is not None:
+            endpoint = tls.wrap_server(endpoint, config.client_cert)
+        return cls(endpoint, make_admin_site(node))
+
+    def listen(self):
+        """:return: a Deferred that fires once the site listens."""
+
+        def listening(port):
+            self._port = port
+            return port
+
+        return self.endpoint.listen(self.site).addCallback(listening)
+
+    def stopService(self):
+        super().stopService()
+        port, self._port = self._port, None
+        return defer.maybeDeferred(port.stopListening) if port is not None else None

@@ -40,17 +40,21 @@ class LocalQuery:
         partitions this host is the ready primary of, at their epoch, and are acknowledged once
         a majority of the replicas has them; reads wait for its read barrier. None on a lone
         node without replication (every write is acknowledged once durable here).
+    :param locks: the :class:`~nodedb.transactions.locks.LockTable` of a replicated node:
+        writes and reads wait for the elements prepared transactions hold (None: no
+        transactions across partitions).
     """
 
-    def __init__(self, storage, ids, clock, status, max_document_size=DEFAULT_MAX_DOCUMENT_SIZE, replication=None):
+    def __init__(
+        self, storage, ids, clock, status, max_document_size=DEFAULT_MAX_DOCUMENT_SIZE, replication=None, locks=None
+    ):
         self.storage = storage
         self.ids = ids
         self.clock = clock
         self._status = status
         self.max_document_size = max_document_size
         self.replication = replication
-        #: The :class:`~nodedb.transactions.locks.LockTable` of a replicated node, else None.
-        self.locks = None
+        self.locks = locks
         #: How long a write or read waits for a transaction's lock before answering
         #: Unavailable (nothing applied; the client retries).
         self.lock_timeout = 5.0

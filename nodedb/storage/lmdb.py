@@ -155,8 +155,12 @@ class LMDBStorage:
         self._idle = None  # Deferred fired when the queue drains, during close
         self._pool = None
         self._lock = None
-        #: Called with the number of commit calls in each synced transaction (for metrics).
-        self.on_batch = None
+        self._batch_observers = []
+
+    def observe_batches(self, callback):
+        """Call ``callback(count)`` with the number of commit calls in each synced
+        transaction (for metrics)."""
+        self._batch_observers.append(callback)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -356,8 +360,8 @@ class LMDBStorage:
                 raise Unavailable(f"too many record types (the limit is {self.max_types})") from None
 
     def _finish_batch(self, batch, outcomes):
-        if self.on_batch is not None:
-            self.on_batch(len(batch))
+        for observer in self._batch_observers:
+            observer(len(batch))
         if self._queue:
             self._start_batch()
         else:

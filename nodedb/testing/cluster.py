@@ -205,7 +205,7 @@ class SimCluster:
         if len(voting.voters()) != wanted or voting.changing_primaries() or not self.admitted():
             return False
         # The leader's picture has caught up too (it plans from it): no planned move is due.
-        views = leader.node._host_views()
+        views = leader.node.placement.host_views()
         if any(caught_up(a, p, views) != len(a.replicas) for p, a in voting.state.assignments.items()):
             return False
         return not primary_moves(voting.state, views, voting.settings)
@@ -217,7 +217,7 @@ class SimCluster:
         its live replicas are caught up."""
         if not self.agreed():
             return False
-        live = {h.node.identity["host_id"]: h for h in self.live()}
+        live = {h.node.identity.host_id: h for h in self.live()}
         state = self.live()[0].node.voting.state
         target = min(state.replicas, len(state.members))
         for partition, assignment in state.assignments.items():
@@ -249,7 +249,7 @@ class SimCluster:
         return {
             h.name: h.node.reliability.is_available(subject_id)
             for h in self.live()
-            if h.node.identity["host_id"] != subject_id
+            if h.node.identity.host_id != subject_id
         }
 
     def run(self, seconds):
@@ -266,7 +266,7 @@ class SimCluster:
 
     def busiest_primary(self):
         """The live host the agreed map names primary of the most partitions (None if none)."""
-        live = {h.node.identity["host_id"]: h for h in self.live()}
+        live = {h.node.identity.host_id: h for h in self.live()}
         if not live:
             return None
         counts = {}
@@ -278,7 +278,7 @@ class SimCluster:
     def primary_host(self, partition):
         """The live :class:`SimHost` the agreed map names primary of *partition*."""
         primary = self.live()[0].node.voting.state.assignments[partition].primary
-        return next(h for h in self.hosts if h.up and h.node.identity["host_id"] == primary)
+        return next(h for h in self.hosts if h.up and h.node.identity.host_id == primary)
 
     def run_until(self, condition, timeout, check_every=0.05):
         return self.network.run_until(condition, timeout, check_every)

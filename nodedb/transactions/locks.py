@@ -47,6 +47,24 @@ def decode_record(data):
     return value["tx"], value["ops"]
 
 
+def stored_prepares(storage):
+    """:return: ``load(partition)`` for a :class:`LockTable`: the prepare records *storage*
+    holds in the partition, in id order."""
+
+    def load(partition):
+        layout = storage.layout
+        first, last = layout.first_id(partition), layout.last_id(partition)
+        records, after = [], first - 1
+        while True:
+            batch = storage.scan(codec.PREPARED_TYPE, after, 256)
+            records.extend((element_id, data) for element_id, data, _version in batch if element_id <= last)
+            if len(batch) < 256 or batch[-1][0] >= last:
+                return records
+            after = batch[-1][0]
+
+    return load
+
+
 class _Partition:
     def __init__(self, epoch):
         self.epoch = epoch

@@ -33,7 +33,7 @@ from nodedb.transactions.coordinator import (
     TransactionSettings,
     WriteDecision,
 )
-from nodedb.transactions.locks import LockTable, Prepared, decode_record, encode_record
+from nodedb.transactions.locks import Prepared, decode_record, encode_record
 from nodedb.transactions.participant import (
     abort_decision,
     applied_versions,
@@ -66,7 +66,8 @@ class TransactionService(Service):
     """Coordinates the transactions this host is home primary for; serves the participant's
     side of those of every partition it leads; resolves prepares left behind.
 
-    :param local: the host's :class:`~nodedb.query.local.LocalQuery` (with replication).
+    :param local: the host's :class:`~nodedb.query.local.LocalQuery` (with replication and the
+        :class:`~nodedb.transactions.locks.LockTable` of the transactions it prepares).
     :param host_id: this host's id.
     :param primary_of: ``primary_of(partition)`` -> host id; raises Unavailable.
     :param call: ``call(host, op, arguments, timeout)`` -> Deferred: a peer request.
@@ -84,7 +85,7 @@ class TransactionService(Service):
         self.call = call
         self.clock = clock
         self.settings = settings or TransactionSettings()
-        self.locks = local.locks = LockTable(self._prepare_records, clock)
+        self.locks = local.locks
         self._coordinating = {}  # tx -> the Coordination of a transaction coordinated here
         self._finishing = {}  # (partition, tx) -> Deferred of the completion under way
         self._finished = collections.OrderedDict()  # (partition, tx) -> versions
@@ -109,16 +110,6 @@ class TransactionService(Service):
         super().stopService()
         if self._check.running:
             self._check.stop()
-
-    def _prepare_records(self, partition):
-        first, last = self.layout.first_id(partition), self.layout.last_id(partition)
-        records, after = [], first - 1
-        while True:
-            batch = self.storage.scan(PREPARED_TYPE, after, 256)
-            records.extend((element_id, data) for element_id, data, _version in batch if element_id <= last)
-            if len(batch) < 256 or batch[-1][0] >= last:
-                return records
-            after = batch[-1][0]
 
     def _epoch(self, partition):
         """The epoch of *partition*; :raise Unavailable: unless this host leads it now."""

@@ -23,7 +23,7 @@ FINE = 0.001
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 def voting(host):
@@ -128,7 +128,7 @@ def moving_copy(choice):
         leader = cluster.leader()
         if leader is None:
             return None
-        state, views = voting(leader).state, leader.node._host_views()
+        state, views = voting(leader).state, leader.node.placement.host_views()
         target = min(state.replicas, len(state.members))
         for partition, assignment in sorted(state.assignments.items()):
             newest = assignment.replicas[-1]

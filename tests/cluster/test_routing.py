@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("seed_report")
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 def run(cluster, coroutine, timeout=30.0):
@@ -61,7 +61,7 @@ def test_a_host_cut_off_from_a_primary_serves_its_partition_through_a_relay(seed
     cluster.network.partition([a.host], [b.host], one_way=one_way)  # one way: A to B is lost
     # A notices that it cannot reach B (its heartbeats fail and the connection drops); B's
     # other peers still reach it, so it stays the partition's primary.
-    cluster.run_until(lambda: not a.node._reachable(host_id(b)), timeout=20)
+    cluster.run_until(lambda: not a.node.calls.directory.reachable(host_id(b)), timeout=20)
     client = cluster.client(hosts=[a])
     near = layout.first_id(partition)
 
@@ -83,8 +83,8 @@ def test_a_host_cut_off_from_a_primary_serves_its_partition_through_a_relay(seed
     assert layout.partition_of(key) == partition
     assert first == ({"n": 1}, first[1]) and second == ({"n": 2}, version) and deleted > version and gone
     # Every request went through the third host, which the cut left in touch with both.
-    assert a.node.query.relayed >= 6 and leader.node.query.relays_served >= 6
-    assert b.node.query.relays_served == 0
+    assert a.node.calls.relayed >= 6 and leader.node.calls.relays_served >= 6
+    assert b.node.calls.relays_served == 0
     # Each write is in the primary's log once: a relayed write is applied exactly once.
     changes = [e.change_type for e in b.store.log[partition] if e.element_id == key]
     assert changes == [ChangeType.CREATE, ChangeType.UPDATE, ChangeType.DELETE]
@@ -102,11 +102,11 @@ def test_a_request_to_a_paused_host_ends_within_its_timeout(seed):
     a, b, partition, _leader = roles(cluster)
     client = cluster.client(hosts=[a], timeout=10.0)
     key = run(cluster, client.insert("item", {"n": 1}, near=a.node.storage.layout.first_id(partition)))
-    limit = a.node.query.timeout  # how long A gives a call to another host
+    limit = a.node.calls.timeout  # how long A gives a call to another host
     # Routing, replication and voting call peers through the transport that reports
     # timeouts to the reliability scores (gossip reports its own).
     node = a.node
-    assert all(isinstance(t, ReportingTransport) for t in (node.query.transport, node.logsync.transport, node.voting.transport))
+    assert all(isinstance(t, ReportingTransport) for t in (node.calls.transport, node.logsync.transport, node.voting.transport))
     cluster.network.pause(b.host)  # as under SIGSTOP: its connections stay up, silent
     read = a.node.query.get("item", key)
     failure, took = failure_of(cluster, client.update("item", key, {"n": 2}))

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("seed_report")
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 def run(cluster, coroutine, timeout=60.0):

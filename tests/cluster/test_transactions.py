@@ -29,7 +29,7 @@ def run(cluster, coroutine, timeout=30.0):
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 def partition_of(cluster, element_id):

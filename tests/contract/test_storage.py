@@ -48,7 +48,7 @@ class TestLMDBWriterThread(StorageBackendContract, DurableStorageContract):
     @pytest_twisted.ensureDeferred
     async def test_commits_made_together_share_a_transaction(self, backend):
         batches = []
-        backend.on_batch = batches.append
+        backend.observe_batches(batches.append)
         calls = [
             backend.commit([Insert("t", self.id(0, n), doc(n=n))] if n % 2 else [Update("t", self.id(0, 99), doc(n=n))], T0)
             for n in range(1, 9)

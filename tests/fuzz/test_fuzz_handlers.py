@@ -145,7 +145,7 @@ def connection(node, role):
     if role is not None:
         hello = {"id": 0, "op": "hello", "version": PROTOCOL_VERSION, "role": role}
         if role == "peer":
-            hello.update(host="fuzzer000000", cluster=node.identity["cluster_id"])
+            hello.update(host="fuzzer000000", cluster=node.identity.cluster_id)
         node.api.dispatch(hello, channel)
         assert channel.greeted and channel.role == role
     return channel
@@ -255,8 +255,8 @@ class Context:
     def __init__(self, fixture, index):
         self.fixture = fixture
         self.node = node = fixture.host(index).node
-        self.me = node.identity["host_id"]
-        self.others = [h.node.identity["host_id"] for h in fixture.cluster.hosts if h.node is not node]
+        self.me = node.identity.host_id
+        self.others = [h.node.identity.host_id for h in fixture.cluster.hosts if h.node is not node]
         self.layout = node.storage.layout
         self.assignments = node.voting.state.assignments
         self.led = sorted(p for p, a in self.assignments.items() if a.primary == self.me)
@@ -266,7 +266,7 @@ class Context:
     def plausible(self):
         """Values a mutation may put anywhere: ids, partitions, epochs, names of this cluster."""
         values = [self.me, *self.others, "fuzz", "anchor", "nodedb.prepared", "nodedb.decision", *self.fixture.elements[:4]]
-        values += [0, 1, 63, 64, self.fixture.cursor, self.node.identity["cluster_id"], *KNOWN_PEER_OPS]
+        values += [0, 1, 63, 64, self.fixture.cursor, self.node.identity.cluster_id, *KNOWN_PEER_OPS]
         if self.led:
             values += [self.led[0], self.layout.first_id(self.led[0]), self.layout.last_id(self.led[0])]
         return values
@@ -317,7 +317,7 @@ def _one_of(draw, *choices, label=None):
 def _hello(c, draw):
     if _one_of(draw, "client", "peer", label="role") == "client":
         return {"version": 1, "role": "client", "client": "fuzz"}
-    return {"version": 1, "role": "peer", "host": "fuzzer000000", "cluster": c.node.identity["cluster_id"]}
+    return {"version": 1, "role": "peer", "host": "fuzzer000000", "cluster": c.node.identity.cluster_id}
 
 
 @base("insert")

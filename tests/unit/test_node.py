@@ -14,7 +14,8 @@ from nodedb import client as nodedb_client
 from nodedb.config import NodeConfig
 from nodedb.errors import Unavailable
 from nodedb.ids import IdLayout
-from nodedb.node import make_node, partition_ranges
+from nodedb.node import make_node
+from nodedb.status import partition_ranges
 from nodedb.storage.lmdb import LMDBStorage
 from nodedb.storage.memory import MemoryStorage
 
@@ -28,8 +29,7 @@ def config_for(tmp_path, **fields):
 
 
 async def started(config, storage):
-    node = make_node(config, global_reactor, storage=storage)
-    node.cpu_rating = 1.0  # skip the start-up CPU measurement
+    node = make_node(config, global_reactor, storage=storage, cpu_rating=1.0)  # no start-up CPU measurement
     node.startService()
     try:
         assert await node.when_ready() is node
@@ -54,8 +54,8 @@ async def test_a_node_serves_clients_and_reports_its_status(tmp_path):
         assert address == f"127.0.0.1:{node.port.getHost().port}"
         assert node.port.getHost().port != 0
         client = await nodedb_client.connect(global_reactor, [address], timeout=5)
-        assert client.server["host"] == node.identity["host_id"]
-        assert client.server["cluster"] == node.identity["cluster_id"]
+        assert client.server["host"] == node.identity.host_id
+        assert client.server["cluster"] == node.identity.cluster_id
         elements = [await client.insert("user", {"n": n}) for n in range(3)]
         assert [LAYOUT.partition_of(e) for e in elements] == [0, 0, 0]
         assert await client.get("user", elements[1]) == ({"n": 1}, 2)
@@ -64,7 +64,7 @@ async def test_a_node_serves_clients_and_reports_its_status(tmp_path):
         assert status == json.loads(json.dumps(node.status()))
         host = status["host"]
         assert status["hosts"][0] == host
-        assert host["id"] == node.identity["host_id"] and len(host["id"]) == 12
+        assert host["id"] == node.identity.host_id and len(host["id"]) == 12
         assert host["address"] == address
         assert host["status"] == "write"
         assert host["partitions"] == [[0, 7]]
@@ -73,7 +73,7 @@ async def test_a_node_serves_clients_and_reports_its_status(tmp_path):
         assert type(host["free_bytes"]) is int and host["free_bytes"] > 0
         assert host["size_bytes"] == storage.stats()["size_bytes"] > 0
         assert host["unreliability"] == 0.0
-        assert status["cluster"] == {"id": node.identity["cluster_id"], "partitions": 8, "replicas": 3}
+        assert status["cluster"] == {"id": node.identity.cluster_id, "partitions": 8, "replicas": 3}
 
         metrics = node.metrics.render().decode()
         assert 'nodedb_requests_total{op="insert",outcome="ok"} 3.0' in metrics
@@ -90,7 +90,7 @@ async def test_a_restarted_node_keeps_its_identity_and_ids_keep_growing(tmp_path
     first = MemoryStorage()
     node = await started(config_for(tmp_path, partitions=2), first)
     try:
-        identity = dict(node.identity)
+        identity = node.identity
         before = [await node.query.insert("t", {"n": n}) for n in range(5)]
         await node.query.delete("t", before[-1])
     finally:
@@ -99,9 +99,9 @@ async def test_a_restarted_node_keeps_its_identity_and_ids_keep_growing(tmp_path
     again = MemoryStorage(store=first.store)
     node = await started(config_for(tmp_path, partitions=2), again)
     try:
-        assert node.identity["host_id"] == identity["host_id"]
-        assert node.identity["cluster_id"] == identity["cluster_id"]
-        assert node.generation == 2
+        assert node.identity.host_id == identity.host_id
+        assert node.identity.cluster_id == identity.cluster_id
+        assert node.identity.generation == 2
         after = [await node.query.insert("t", {"n": n}) for n in range(3)]
         assert min(after) > max(before), "ids are never reused, not even the deleted one's"
         assert node.status()["host"]["last_commit_ids"] == {"0": 9}
@@ -139,8 +139,8 @@ async def test_when_ready_fails_when_the_port_is_taken(tmp_path):
     node = await started(config_for(tmp_path), MemoryStorage())
     try:
         taken = node.port.getHost().port
-        other = make_node(config_for(tmp_path, listen=f"tcp:{taken}:interface=127.0.0.1"), global_reactor, storage=MemoryStorage())
-        other.cpu_rating = 1.0
+        config = config_for(tmp_path, listen=f"tcp:{taken}:interface=127.0.0.1")
+        other = make_node(config, global_reactor, storage=MemoryStorage(), cpu_rating=1.0)
         other.startService()
         with pytest.raises(Exception, match=str(taken)):
             await other.when_ready()
@@ -203,8 +203,8 @@ async def test_the_admin_site(tmp_path):
         code, headers, body = http_get(site, b"/status")
         assert code == 200 and headers["content-type"] == "application/json"
         status = json.loads(body)
-        assert status["host"]["id"] == node.identity["host_id"]
-        assert [host["id"] for host in status["hosts"]] == [node.identity["host_id"]]
+        assert status["host"]["id"] == node.identity.host_id
+        assert [host["id"] for host in status["hosts"]] == [node.identity.host_id]
         assert status["hosts"][0]["status"] == "write" and status["hosts"][0]["partitions"] == [[0, 3]]
 
         code, headers, body = http_get(site, b"/metrics")
@@ -218,12 +218,12 @@ async def test_the_admin_site(tmp_path):
         health = json.loads(body)
         assert health == status["health"]
         assert health["healthy"] and health["problems"] == [] and health["fault_tolerance"] == 0
-        assert health["leader"] == node.identity["host_id"] and health["voters"] == {"have": 1, "want": 1}
+        assert health["leader"] == node.identity.host_id and health["voters"] == {"have": 1, "want": 1}
 
         code, headers, body = http_get(site, b"/")
         assert code == 200 and headers["content-type"].startswith("text/html")
         page = body.decode()
-        assert node.identity["host_id"] in page and node.identity["cluster_id"] in page
+        assert node.identity.host_id in page and node.identity.cluster_id in page
         assert node.address() in page
         assert "healthy: can lose 0 hosts; 4/4 partitions fully replicated" in page
 
@@ -288,6 +288,6 @@ async def test_the_node_serves_the_admin_site_on_its_endpoint(tmp_path):
     try:
         response = await Agent(global_reactor).request(b"GET", f"http://127.0.0.1:{port}/status".encode())
         assert response.code == 200
-        assert json.loads(await readBody(response))["host"]["id"] == node.identity["host_id"]
+        assert json.loads(await readBody(response))["host"]["id"] == node.identity.host_id
     finally:
         await node.stopService()

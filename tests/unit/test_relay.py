@@ -1,4 +1,4 @@
-"""Routing around a host this one cannot reach: the relay rules, Router.call_host and the
+"""Routing around a host this one cannot reach: the relay rules, HostCalls.call_host and the
 relay's own side, the transport's reachability and deadlines, and timeouts that raise a
 peer's unreliability."""
 
@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from nodedb import errors
 from nodedb.query import relay
 from nodedb.query.api import RequestAPI
+from nodedb.query.calls import HostCalls
 from nodedb.query.router import Router
 from nodedb.reliability.service import Reliability, ReportingTransport
 from nodedb.testing import failure_result_of, no_result, success_result_of
@@ -73,7 +74,7 @@ def test_relays_that_share_a_replica_set_with_the_target_come_first_then_by_scor
     assert ranked == ["d", "c", "e", "g", "f"]
 
 
-# -- Router.call_host -----------------------------------------------------------------------
+# -- HostCalls.call_host --------------------------------------------------------------------
 
 
 class FakeTransport:
@@ -96,28 +97,20 @@ class FakeTransport:
         return calls
 
 
-def router(reachable=("b", "c", "d"), relays=("c", "d"), timeout=4.0, host_id="a"):
+def host_calls(reachable=("b", "c", "d"), relays=("c", "d"), timeout=4.0, host_id="a"):
+    """The calls *host_id* makes to other hosts; :return: them, their transport, the clock."""
     clock = Clock()
     transport = FakeTransport()
-    local = SimpleNamespace(storage=SimpleNamespace(layout=None), clock=clock)
-    r = Router(
-        local,
-        host_id,
-        cluster=None,
-        transport=transport,
+    directory = SimpleNamespace(
         address_of=lambda host: f"{host}:7400" if host != "nowhere" else None,
-        insert_hosts=list,
-        nearest_replica=None,
-        can_insert=lambda: False,
-        timeout=timeout,
         reachable=lambda host: host in reachable,
         relays=lambda host: [h for h in relays if h != host],
     )
-    return r, transport, clock
+    return HostCalls(host_id, transport, directory, clock, timeout=timeout), transport, clock
 
 
 def test_a_reachable_host_is_called_directly():
-    r, transport, _clock = router()
+    r, transport, _clock = host_calls()
     d = r.call_host("b", "query.forward", {"request": {"op": "get"}}, write=False)
     (call,) = transport.take()
     assert (call.address, call.op, call.timeout) == ("b:7400", "query.forward", 4.0)
@@ -128,7 +121,7 @@ def test_a_reachable_host_is_called_directly():
 
 @pytest.mark.parametrize("write", [False, True])
 def test_an_error_the_target_answered_passes_through_unchanged(write):
-    r, transport, _clock = router()
+    r, transport, _clock = host_calls()
     d = r.call_host("b", "query.forward", {}, write=write)
     transport.take()[0].d.errback(remote(errors.Unavailable, "not the primary"))
     error = failure_result_of(d, errors.Unavailable).value
@@ -137,7 +130,7 @@ def test_an_error_the_target_answered_passes_through_unchanged(write):
 
 
 def test_an_unreachable_host_is_called_through_the_best_relay():
-    r, transport, clock = router(reachable=("c", "d"))
+    r, transport, clock = host_calls(reachable=("c", "d"))
     clock.advance(1.0)
     d = r.call_host("b", "query.forward", {"request": {"op": "update"}}, write=True)
     (call,) = transport.take()
@@ -154,7 +147,7 @@ def test_an_unreachable_host_is_called_through_the_best_relay():
 
 
 def test_the_targets_error_through_a_relay_passes_through():
-    r, transport, _clock = router(reachable=("c", "d"))
+    r, transport, _clock = host_calls(reachable=("c", "d"))
     d = r.call_host("b", "query.forward", {}, write=True)
     transport.take()[0].d.callback({"error": {"type": "Conflict", "message": "version 2"}})
     error = failure_result_of(d, errors.Conflict).value
@@ -162,7 +155,7 @@ def test_the_targets_error_through_a_relay_passes_through():
 
 
 def test_a_write_the_relay_never_sent_on_tries_the_next_relay_with_the_time_left():
-    r, transport, clock = router(reachable=("c", "d"))
+    r, transport, clock = host_calls(reachable=("c", "d"))
     d = r.call_host("b", "query.forward", {}, write=True)
     clock.advance(1.0)
     transport.take()[0].d.callback({"unsent": "b is down from here too"})
@@ -175,7 +168,7 @@ def test_a_write_the_relay_never_sent_on_tries_the_next_relay_with_the_time_left
 
 @pytest.mark.parametrize("failure", [errors.Timeout("late"), errors.ConnectionLost("dropped")])
 def test_a_write_that_may_have_gone_through_a_relay_is_not_sent_again(failure):
-    r, transport, _clock = router(reachable=("c", "d"))
+    r, transport, _clock = host_calls(reachable=("c", "d"))
     d = r.call_host("b", "query.forward", {}, write=True)
     transport.take()[0].d.errback(failure)
     failure_result_of(d, errors.Timeout)
@@ -183,7 +176,7 @@ def test_a_write_that_may_have_gone_through_a_relay_is_not_sent_again(failure):
 
 
 def test_a_write_the_relay_reports_unknown_is_not_sent_again():
-    r, transport, _clock = router(reachable=("c", "d"))
+    r, transport, _clock = host_calls(reachable=("c", "d"))
     d = r.call_host("b", "query.forward", {}, write=True)
     transport.take()[0].d.callback({"unknown": "b did not answer in time"})
     failure_result_of(d, errors.Timeout)
@@ -191,7 +184,7 @@ def test_a_write_the_relay_reports_unknown_is_not_sent_again():
 
 
 def test_a_read_tries_the_next_relay_whatever_the_first_did():
-    r, transport, _clock = router(reachable=("c", "d"))
+    r, transport, _clock = host_calls(reachable=("c", "d"))
     d = r.call_host("b", "query.forward", {}, write=False)
     transport.take()[0].d.callback({"unknown": "b did not answer in time"})
     transport.take()[0].d.callback({"ok": "doc"})
@@ -199,7 +192,7 @@ def test_a_read_tries_the_next_relay_whatever_the_first_did():
 
 
 def test_a_relay_that_refuses_the_call_sent_nothing_on():
-    r, transport, _clock = router(reachable=("c", "d"))
+    r, transport, _clock = host_calls(reachable=("c", "d"))
     d = r.call_host("b", "query.forward", {}, write=True)
     transport.take()[0].d.errback(remote(errors.InvalidRequest, "unknown op 'query.relay'"))
     (second,) = transport.take()
@@ -210,7 +203,7 @@ def test_a_relay_that_refuses_the_call_sent_nothing_on():
 
 
 def test_a_write_whose_direct_call_never_went_out_goes_through_a_relay():
-    r, transport, _clock = router()
+    r, transport, _clock = host_calls()
     d = r.call_host("b", "query.forward", {}, write=True)
     transport.take()[0].d.errback(errors.Unavailable("not connected"))
     (through,) = transport.take()
@@ -220,7 +213,7 @@ def test_a_write_whose_direct_call_never_went_out_goes_through_a_relay():
 
 
 def test_a_write_whose_direct_call_timed_out_fails_with_timeout_and_no_relay():
-    r, transport, clock = router()
+    r, transport, clock = host_calls()
     d = r.call_host("b", "query.forward", {}, write=True)
     clock.advance(4.0)
     transport.take()[0].d.errback(errors.Timeout("no reply"))
@@ -229,7 +222,7 @@ def test_a_write_whose_direct_call_timed_out_fails_with_timeout_and_no_relay():
 
 
 def test_a_read_whose_direct_call_used_all_its_time_is_unavailable():
-    r, transport, clock = router()
+    r, transport, clock = host_calls()
     d = r.call_host("b", "query.forward", {}, write=False)
     clock.advance(4.0)
     transport.take()[0].d.errback(errors.Timeout("no reply"))
@@ -238,7 +231,7 @@ def test_a_read_whose_direct_call_used_all_its_time_is_unavailable():
 
 
 def test_without_relays_an_unreachable_host_is_still_called_directly():
-    r, transport, _clock = router(reachable=(), relays=())
+    r, transport, _clock = host_calls(reachable=(), relays=())
     d = r.call_host("b", "query.forward", {}, write=True)
     (call,) = transport.take()
     assert call.address == "b:7400"
@@ -247,23 +240,23 @@ def test_without_relays_an_unreachable_host_is_still_called_directly():
 
 
 def test_a_host_without_a_known_address_is_reached_through_a_relay_or_not_at_all():
-    r, transport, _clock = router(relays=("c",))
+    r, transport, _clock = host_calls(relays=("c",))
     d = r.call_host("nowhere", "query.forward", {}, write=False)
     transport.take()[0].d.callback({"ok": 1})
     assert success_result_of(d) == 1
-    r, transport, _clock = router(relays=())
+    r, transport, _clock = host_calls(relays=())
     failure_result_of(r.call_host("nowhere", "query.forward", {}, write=False), errors.Unavailable)
     assert transport.take() == []
 
 
 def test_relays_are_tried_only_while_time_lasts_and_at_most_a_few():
-    r, transport, clock = router(reachable=(), relays=("c", "d", "e", "f", "g"))
+    r, transport, clock = host_calls(reachable=(), relays=("c", "d", "e", "f", "g"))
     d = r.call_host("b", "query.forward", {}, write=False)
     for _ in range(relay.MAX_RELAYS):
         transport.take()[0].d.callback({"unsent": "no"})
     failure_result_of(d, errors.Unavailable)
     assert r.relayed == relay.MAX_RELAYS
-    r, transport, clock = router(reachable=(), relays=("c", "d"))
+    r, transport, clock = host_calls(reachable=(), relays=("c", "d"))
     d = r.call_host("b", "query.forward", {}, write=False, timeout=1.0)
     clock.advance(0.99)
     transport.take()[0].d.callback({"unsent": "no"})
@@ -272,7 +265,9 @@ def test_relays_are_tried_only_while_time_lasts_and_at_most_a_few():
 
 
 def test_forwarding_a_client_request_knows_writes_from_reads():
-    r, transport, _clock = router(reachable=("c",), relays=("c",))
+    calls, transport, clock = host_calls(reachable=("c",), relays=("c",))
+    local = SimpleNamespace(storage=SimpleNamespace(layout=None), clock=clock)
+    r = Router(local, "a", SimpleNamespace(partitions=lambda: 1), calls)
     d = r._forward("b", {"op": "delete", "type": "t", "key": 5})
     call = transport.take()[0]
     assert call.arguments["args"] == {"request": {"op": "delete", "type": "t", "key": 5}}
@@ -291,14 +286,14 @@ def relay_request(**fields):
 
 
 def serve_relay(r, request):
-    """Dispatch *request* to router *r* as a peer's request reaches it."""
-    api = RequestAPI(r, dict, Clock())
+    """Dispatch *request* to *r* (a host's :class:`HostCalls`) as a peer's request reaches it."""
+    api = RequestAPI(None, dict, Clock())
     r.install(api)
     return api.dispatch(request, SimpleNamespace(greeted=True, role="peer"))
 
 
 def test_a_relay_calls_the_target_once_itself_and_wraps_the_answer():
-    r, transport, _clock = router(host_id="c")
+    r, transport, _clock = host_calls(host_id="c")
     d = serve_relay(r, relay_request())
     (call,) = transport.take()
     assert (call.address, call.op, call.arguments, call.timeout) == ("b:7400", "query.forward", {"x": 1}, 2.0)
@@ -316,14 +311,14 @@ def test_a_relay_calls_the_target_once_itself_and_wraps_the_answer():
     ],
 )
 def test_a_relay_reports_how_its_call_failed(failure, reply):
-    r, transport, _clock = router(host_id="c")
+    r, transport, _clock = host_calls(host_id="c")
     d = serve_relay(r, relay_request())
     transport.take()[0].d.errback(failure)
     assert success_result_of(d) == reply
 
 
 def test_a_relay_that_cannot_reach_the_target_says_so_at_once():
-    r, transport, _clock = router(host_id="c")
+    r, transport, _clock = host_calls(host_id="c")
     transport.down.add("b:7400")
     assert serve_relay(r, relay_request()) == {"unsent": "host b is not reachable from here either"}
     assert serve_relay(r, relay_request(to="c"))["unsent"]
@@ -336,14 +331,14 @@ def test_a_relay_that_cannot_reach_the_target_says_so_at_once():
     [{"call": "query.relay"}, {"to": 5}, {"call": None}, {"args": [1]}, {"timeout": 0}, {"timeout": "1"}, {"timeout": None}],
 )
 def test_a_relay_refuses_bad_requests_and_never_relays_again(fields):
-    r, transport, _clock = router(host_id="c")
+    r, transport, _clock = host_calls(host_id="c")
     with pytest.raises(errors.InvalidRequest):
         serve_relay(r, relay_request(**fields))
     assert transport.take() == []
 
 
 def test_a_relay_caps_the_time_it_waits():
-    r, transport, _clock = router(host_id="c")
+    r, transport, _clock = host_calls(host_id="c")
     serve_relay(r, relay_request(timeout=10_000))
     assert transport.take()[0].timeout == 300.0
 
