@@ -103,7 +103,8 @@ class NodeService(MultiService):
             self.metrics.watch_connections(self.transport.guard)
         self.transport.setServiceParent(self)
         self.port = await self.transport.listen()
-        # Requests are served from here on: the port's connections are read on a later turn.
+        # The port's connections are read on a later turn of the reactor, so every request
+        # finds the services built (gossip's entry needs the address the port got).
         gossip, logsync, transactions, voting = self._build()
         self.transport.serve(self.api.dispatch)
         await self.identity.save_new()
@@ -244,12 +245,7 @@ class NodeService(MultiService):
         """Wait (at most *timeout* seconds) until the partitions the agreed map gives this
         host are ready to take writes, so that a node reported ready serves at once."""
         deadline = self.reactor.seconds() + timeout
-        while self.reactor.seconds() < deadline:
-            state = self.voting.state
-            if state.cluster_id is not None and all(
-                self.logsync.is_primary(p) for p in state.primary_partitions(self.identity.host_id)
-            ):
-                return
+        while self.reactor.seconds() < deadline and not self.placement.leading():
             await task.deferLater(self.reactor, 0.02, lambda: None)
 
     async def _serve_admin(self):

@@ -112,6 +112,13 @@ class Placement:
             raise errors.Unavailable(f"partition {partition} has no primary now")
         return assignment.primary
 
+    def leading(self):
+        """Whether the partitions the agreed map gives this host are ready to take writes here."""
+        state = self._view.state
+        return state.cluster_id is not None and all(
+            self._logsync.is_primary(p) for p in state.primary_partitions(self.host_id)
+        )
+
     def can_insert(self):
         """Whether this host takes new elements itself: it leads a partition and has room."""
         return self._allocation.active and self._space.has_room()
