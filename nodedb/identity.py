@@ -42,6 +42,7 @@ class Identity:
             the one of this build.
         """
         stored = {key: storage.get_meta(key) for key in KEYS}
+        layout = storage.layout
         if storage.get_meta("fenced"):
             raise ConfigError(f"{storage.get_meta('fenced')}; this host does not start on its old data")
         saved = True
@@ -58,7 +59,7 @@ class Identity:
         elif config.seeds:
             host_id = stored["host_id"] or f"{rng.getrandbits(48):012x}"
             await storage.set_meta({"host_id": host_id})
-            fields = {**stored, "host_id": host_id, "held": [], "expect": 0, "partition_bits": storage.layout.partition_bits}
+            fields = {**stored, "host_id": host_id, "held": [], "expect": 0, "partition_bits": layout.partition_bits}
         else:
             expect = config.bootstrap_expect
             fields = {
@@ -66,7 +67,7 @@ class Identity:
                 "cluster_id": f"{rng.getrandbits(64):016x}",
                 "partitions": config.partitions,
                 "replicas": config.replicas,
-                "partition_bits": storage.layout.partition_bits,
+                "partition_bits": layout.partition_bits,
                 "created": clock.seconds(),
                 # Founding alone, the host holds every partition from the start; waiting for
                 # --bootstrap-expect hosts, it holds what the founding decision gives it.
@@ -77,7 +78,7 @@ class Identity:
             saved = False
         generation = (storage.get_meta("generation") or 0) + 1
         await storage.set_meta({"generation": generation})
-        if fields["partition_bits"] != storage.layout.partition_bits:
+        if fields["partition_bits"] != layout.partition_bits:
             raise ConfigError(f"this store uses {fields['partition_bits']}-bit partition numbers; expected 16")
         return cls(storage, fields, generation, saved)
 
@@ -148,7 +149,11 @@ class Identity:
             expect = 1 if self.held else 0
         if not expect:
             return None
-        return lambda: bootstrap_decision(self.fields(), address(), clock.seconds(), present_hosts(self.cluster_id), expect)
+
+        def bootstrap():
+            return bootstrap_decision(self.fields(), address(), clock.seconds(), present_hosts(self.cluster_id), expect)
+
+        return bootstrap
 
     def hold(self, state):
         """The agreed cluster *state* changed: remember the partitions this host is primary of."""
@@ -160,7 +165,9 @@ class Identity:
     def remove(self, reason, data_dir):
         """A recovery removed this host from its cluster: it never starts on this store again
         (:meth:`load` refuses it)."""
-        self._log.warn("{reason} (data directory {data_dir}); this host stops serving", reason=reason, data_dir=data_dir)
+        self._log.warn(
+            "{reason} (data directory {data_dir}); this host stops serving", reason=reason, data_dir=data_dir
+        )
         self._storage.set_meta({"fenced": reason}).addErrback(
             lambda failure: self._log.failure("could not record that this host was fenced", failure)
         )

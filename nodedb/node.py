@@ -113,7 +113,8 @@ class NodeService(MultiService):
         if not self.identity.joined:
             await self._join()
         elif self.config.seeds:
-            gossip.join(self.config.seeds).addErrback(lambda f: self._log.failure("joining through the seeds failed", f))
+            joining = gossip.join(self.config.seeds)
+            joining.addErrback(lambda failure: self._log.failure("joining through the seeds failed", failure))
         self._run("gossip", gossip)
         self.logsync, self.transactions, self.voting = logsync, transactions, voting
         self.query.install(self.api)

@@ -97,13 +97,14 @@ def announce_roles(gossip, logsync, host_id, layout, state):
     or ``write``), the partitions it holds, the id ranges it allocates in and those it has not
     caught up on."""
     primaries = state.primary_partitions(host_id)
-    ranges = tuple(
-        (layout.make(p, sequence_range(e)[0]), layout.make(p, sequence_range(e)[1])) for p, e in sorted(primaries.items())
-    )
+    ranges = []
+    for partition, epoch in sorted(primaries.items()):
+        first, last = sequence_range(epoch)
+        ranges.append((layout.make(partition, first), layout.make(partition, last)))
     gossip.update_local(
         status=("write" if primaries else "read") if state.admitted(host_id) else "proposal",
         partitions=tuple(state.replica_partitions(host_id)),
-        ranges=ranges,
+        ranges=tuple(ranges),
         syncing=tuple(logsync.syncing()),
     )
 
@@ -121,7 +122,9 @@ class NodeStatus:
     :param started: when the node started (the clock's seconds).
     """
 
-    def __init__(self, identity, storage, ids, gossip, reliability, placement, voting, logsync, scans, transport, fence, started):
+    def __init__(
+        self, identity, storage, ids, gossip, reliability, placement, voting, logsync, scans, transport, fence, started
+    ):
         self.identity = identity
         self.storage = storage
         self.ids = ids
