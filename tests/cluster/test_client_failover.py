@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("seed_report")
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 @pytest.mark.parametrize("learn_hosts", [True, False], ids=["learning", "not-learning"])

@@ -38,8 +38,7 @@ def socket_path(tmp_path_factory):
 @pytest_twisted.async_yield_fixture
 async def unix_node(tmp_path, socket_path):
     config = NodeConfig(data_dir=str(tmp_path), listen=f"unix:{socket_path}", advertise="127.0.0.1:7400", admin=None)
-    node = make_node(config, global_reactor, storage=MemoryStorage())
-    node.cpu_rating = 1.0  # skip the start-up CPU measurement
+    node = make_node(config, global_reactor, storage=MemoryStorage(), cpu_rating=1.0)  # no start-up CPU measurement
     node.startService()
     try:
         assert await node.when_ready() is node
@@ -60,7 +59,7 @@ async def test_the_documented_example_runs_against_a_node_on_a_unix_socket(unix_
 async def test_connect_takes_a_unix_endpoint_description(unix_node, socket_path):
     client = await connect(global_reactor, f"unix:{socket_path}", timeout=5)
     try:
-        assert client.server["host"] == unix_node.identity["host_id"]
+        assert client.server["host"] == unix_node.identity.host_id
         element = await client.insert("user", {"n": 1})
         assert await client.get("user", element) == ({"n": 1}, 1)
     finally:
