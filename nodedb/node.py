@@ -55,7 +55,9 @@ class NodeService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config, reactor, storage, metrics, transport_factory, id_allocator_factory, rng, timings, cpu_rating):
+    def __init__(
+        self, config, reactor, storage, metrics, transport_factory, id_allocator_factory, rng, timings, cpu_rating
+    ):
         super().__init__()
         self.config, self.reactor, self.storage, self.metrics = config, reactor, storage, metrics
         self.rng = rng  # ids and gossip choices come from here; the simulator seeds it so runs replay
