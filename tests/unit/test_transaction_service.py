@@ -13,6 +13,7 @@ from nodedb.ids import IdLayout
 from nodedb.interfaces import ITransactions
 from nodedb.storage import Delete
 from nodedb.testing import failure_result_of, no_result, success_result_of
+from nodedb.transactions.locks import LockTable
 from nodedb.transactions.service import TransactionService, TransactionSettings
 
 LAYOUT = IdLayout(partition_bits=4)
@@ -47,6 +48,7 @@ class FakeLocal:
     def __init__(self):
         self.storage = FakeStorage()
         self.ids = FakeIds()
+        self.locks = LockTable(lambda partition: [], Clock())  # no prepare records
         self.commits = []  # (units, owner, Deferred)
 
     def encode_document(self, doc):
