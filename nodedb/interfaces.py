@@ -543,27 +543,14 @@ class IQuery(Interface):
 
 class IQueryRouter(IQuery, IPeerService):
     """The node's query service: routes each client operation to the host that can answer it
-    (docs/architecture.md), and lends its way of calling hosts to transactions."""
+    (docs/architecture.md). Where partitions are comes from :mod:`nodedb.placement`, and
+    other hosts are called through :class:`nodedb.query.calls.HostCalls`, as the
+    transactions call them."""
 
     scans = Attribute(
         "The scans this host coordinates (:class:`nodedb.query.scans.ScanService`): "
         "``status()`` for ``/status``, ``stop()`` when the node stops."
     )
-
-    def primary_of(partition):
-        """:return: the host id the agreed map names primary of *partition*.
-
-        :raise nodedb.errors.Unavailable: if it names none.
-        """
-
-    def call_host(host, op, arguments, write, timeout=None):
-        """Call the peer operation *op* on *host*, directly or through a relay.
-
-        :param write: True if the call may change state (it is then never tried again once
-            it may have arrived).
-        :return: a Deferred of the reply; fails with the error *host* answered, Timeout (a
-            write that may have been applied) or Unavailable (nothing was applied).
-        """
 
 
 class ITransactions(IService, IPeerService):

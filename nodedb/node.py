@@ -12,7 +12,7 @@ reports how that went:
    and serve the admin site.
 
 Reactions to the cluster's changes are subscriptions to the
-:class:`~nodedb.query.placement.ClusterView` that Voting feeds.
+:class:`~nodedb.placement.ClusterChanges` that Voting feeds.
 """
 
 import os
@@ -32,7 +32,7 @@ from nodedb.metrics import NodeMetrics
 from nodedb.query.api import RequestAPI
 from nodedb.query.calls import HostCalls
 from nodedb.query.local import LocalQuery
-from nodedb.query.placement import Allocation, ClusterView, Directory, LocalSpace, Placement
+from nodedb.placement import Allocation, ClusterChanges, Directory, LocalSpace, Placement
 from nodedb.query.router import Router
 from nodedb.query.scans import ScanSettings
 from nodedb.reliability.service import Reliability, ReliabilitySettings, ReportingTransport
@@ -145,10 +145,10 @@ class NodeService(MultiService):
         config, reactor, storage, identity = self.config, self.reactor, self.storage, self.identity
         host_id, layout = identity.host_id, storage.layout
         gossip_timing, voting_timing, logsync_timing = self._timings
-        view = ClusterView()
+        changes = ClusterChanges()
         settings = ReliabilitySettings(call_timeout=config.peer_timeout, retries=config.peer_retries)
         self.reliability = reliability = Reliability(reactor, settings)
-        self.fence = Fence(lambda: view.state, self._removed_by_recovery)
+        self.fence = Fence(lambda: changes.state, self._removed_by_recovery)
         watched = self.fence.watch(self.transport)  # calls that learn this host was removed
         space = LocalSpace(storage)
         gossip = GossipService(
@@ -164,7 +164,7 @@ class NodeService(MultiService):
         # Replication, voting and routing call peers through this: their calls that time out
         # raise the peer's unreliability.
         peer_calls = ReportingTransport(watched, reliability, gossip.host_at, reactor, config.heartbeat_interval or 1.0)
-        directory = Directory(host_id, view, gossip, reliability, self.transport)
+        directory = Directory(host_id, changes, gossip, reliability, self.transport)
         logsync = LogSyncService(
             reactor,
             host_id,
@@ -186,7 +186,7 @@ class NodeService(MultiService):
         self.local = LocalQuery(
             storage, self.ids, reactor, self.status, config.max_document_size, replication=logsync, locks=locks
         )
-        self.placement = Placement(host_id, view, gossip, reliability, logsync, allocation, space)
+        self.placement = Placement(host_id, changes, gossip, reliability, logsync, allocation, space)
         self.calls = HostCalls(host_id, peer_calls, directory, reactor, timeout=config.peer_timeout * 2)
         transactions = TransactionService(
             self.local,
@@ -209,16 +209,16 @@ class NodeService(MultiService):
             rng=self.rng,
             timing=voting_timing,
             settings=VotingSettings(remove_after=config.remove_after),
-            on_change=view.changed,
+            on_change=changes.changed,
             elect=logsync.elect,
             handoff=logsync.handoff,
         )
         # When the agreed map changes: allocate ids where this host is primary, in the range of
         # the partition's epoch; take up or leave replication roles; tell the network.
-        view.subscribe(allocation.update)
-        view.subscribe(logsync.update)
-        view.subscribe(partial(announce_roles, gossip, logsync, host_id, layout))
-        view.subscribe(identity.hold)
+        changes.subscribe(allocation.update)
+        changes.subscribe(logsync.update)
+        changes.subscribe(partial(announce_roles, gossip, logsync, host_id, layout))
+        changes.subscribe(identity.hold)
         self._status = NodeStatus(
             identity, storage, self.ids, gossip, reliability, self.placement, voting, logsync, self.query.scans,
             self.transport, self.fence, self.started,

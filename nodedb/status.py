@@ -75,7 +75,7 @@ def peer_hello(identity, address):
 
 
 def first_entry(identity, address, space, cpu_rating, layout, now):
-    """This host's NI entry as it starts (*space*: its :class:`~nodedb.query.placement.LocalSpace`)."""
+    """This host's NI entry as it starts (*space*: its :class:`~nodedb.placement.LocalSpace`)."""
     held = identity.held
     return HostEntry(
         host_id=identity.host_id,
@@ -115,7 +115,7 @@ def announce_roles(gossip, logsync, host_id, layout, state):
 class NodeStatus:
     """The status document of a node, from its services as they are now.
 
-    :param placement: the :class:`~nodedb.query.placement.Placement` (the hosts as the
+    :param placement: the :class:`~nodedb.placement.Placement` (the hosts as the
         Voting policy weighs them, for the health summary).
     :param scans: the :class:`~nodedb.query.scans.ScanService` of the scans this host
         coordinates.

@@ -39,7 +39,7 @@ class HostCalls:
     """Calls peer operations on other hosts by host id.
 
     :param transport: the :class:`~nodedb.interfaces.IPeerTransport` to call through.
-    :param directory: a :class:`~nodedb.query.placement.Directory`: the addresses of hosts,
+    :param directory: a :class:`~nodedb.placement.Directory`: the addresses of hosts,
         whether this host reaches them directly, and the hosts that could relay to them.
     :param clock: for the deadlines of calls.
     :param timeout: seconds a call to another host may take, relays included.

@@ -51,7 +51,7 @@ class Router:
 
     :param local: the :class:`~nodedb.query.local.LocalQuery` of this host.
     :param host_id: this host's id.
-    :param placement: the :class:`~nodedb.query.placement.Placement`: which host leads a
+    :param placement: the :class:`~nodedb.placement.Placement`: which host leads a
         partition, which is nearest, which take inserts.
     :param calls: the :class:`~nodedb.query.calls.HostCalls` that reach other hosts.
     :param transactions: the :class:`~nodedb.interfaces.ITransactions` that coordinates

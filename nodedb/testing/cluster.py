@@ -176,7 +176,7 @@ class SimCluster:
     def leader(self):
         """The live host that leads Voting (None while there is none)."""
         leaders = [
-            h for h in self.live() if h.node.voting is not None and h.node.voting.leader() == h.node.identity["host_id"]
+            h for h in self.live() if h.node.voting is not None and h.node.voting.leader() == h.node.identity.host_id
         ]
         return leaders[0] if len(leaders) == 1 else None
 

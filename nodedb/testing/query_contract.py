@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from nodedb.errors import Conflict, NodeDBError, NotFound, Unavailable
+from nodedb.errors import Conflict, NodeDBError, NotFound
 from nodedb.ids import IdAllocator
 from nodedb.interfaces import IQuery, IQueryRouter
 from nodedb.query.local import LocalQuery
@@ -201,12 +201,6 @@ class RouterContract:
     def test_provides_the_interface(self, routers):
         assert verifyObject(IQueryRouter, routers["a"][1])
 
-    def test_primary_of_names_the_maps_primary(self, routers):
-        router = routers["a"][1]
-        assert router.primary_of(0) == "a" and router.primary_of(LAYOUT.max_partitions - 1) == "b"
-        with pytest.raises(Unavailable):
-            router.primary_of(LAYOUT.max_partitions)  # not in the map
-
     def test_operations_run_at_the_partitions_primary(self, routers):
         peers, (a_host, a), (b_host, b) = routers["peers"], routers["a"], routers["b"]
         near_b = LAYOUT.make(LAYOUT.max_partitions - 2, 1)
@@ -217,13 +211,6 @@ class RouterContract:
         own = self.wait(peers, b.insert("user", {"v": 0}, near=LAYOUT.make(0, 1)))
         page = self.wait(peers, a.scan("user"))
         assert [item[0] for item in page["items"]] == sorted([own, element])
-
-    def test_call_host_reaches_another_host(self, routers):
-        peers, a = routers["peers"], routers["a"][1]
-        assert self.wait(peers, a.call_host("b", "ping", {}, write=False)) == "pong"
-        failed = a.call_host("nobody", "ping", {}, write=False)
-        peers.run_until(lambda: failed.called, timeout=10)
-        failure_result_of(failed, Unavailable)
 
     def test_scans_report_their_status(self, routers):
         peers, a = routers["peers"], routers["a"][1]

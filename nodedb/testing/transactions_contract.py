@@ -5,7 +5,8 @@ Subclass :class:`TransactionsContract` in a pytest module and define
 :class:`~nodedb.testing.peers.PeerHost`) that commits through *local* (the host's
 :class:`~nodedb.query.local.LocalQuery`, replicated by a log sync on ``host.storage``), finds
 partitions' primaries with ``primary_of(partition)`` and calls hosts with ``call(host, op,
-arguments, timeout)``.
+arguments, timeout)``. *local* holds the host's lock table of prepared transactions
+(:class:`~nodedb.transactions.locks.LockTable` on ``host.storage``).
 
 The suite runs hosts ``a`` and ``b``, each the only replica of half the partitions (so every
 write is acknowledged once durable), with the production log sync under both.
@@ -23,6 +24,7 @@ from nodedb.logsync.service import LogSyncService
 from nodedb.query.local import LocalQuery
 from nodedb.testing import failure_result_of, success_result_of
 from nodedb.testing.peers import LAYOUT, PeerNetwork
+from nodedb.transactions.locks import LockTable, stored_prepares
 from nodedb.voting.state import ClusterState
 
 HALF = LAYOUT.max_partitions // 2
@@ -88,7 +90,9 @@ class TransactionsContract:
             )
             logsync.update(state)
             led = {p: 0 for p in state.primary_partitions(host.host_id)}
-            local = LocalQuery(host.storage, IdAllocator(LAYOUT, led), host.clock, dict, replication=logsync)
+            locks = LockTable(stored_prepares(host.storage), host.clock)
+            ids = IdAllocator(LAYOUT, led)
+            local = LocalQuery(host.storage, ids, host.clock, dict, replication=logsync, locks=locks)
 
             def call(target, op, arguments, timeout, host=host):
                 return host.transport.call(host.address_of(target), op, arguments, timeout)

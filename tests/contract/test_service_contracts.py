@@ -1,9 +1,11 @@
 """The contract suites of the services, run against the providers nodedb ships."""
 
 import random
+from types import SimpleNamespace
 
 from zope.interface.verify import verifyObject
 
+from nodedb.errors import Unavailable
 from nodedb.gossip.service import GossipService
 from nodedb.ids import IdAllocator
 from nodedb.interfaces import (
@@ -19,6 +21,7 @@ from nodedb.interfaces import (
     IVoting,
 )
 from nodedb.logsync.service import LogSyncService
+from nodedb.query.calls import HostCalls
 from nodedb.query.local import LocalQuery
 from nodedb.query.router import Router
 from nodedb.reliability.service import Reliability
@@ -78,35 +81,46 @@ class TestLocalQuery(QueryContract):
         return _lone_query(storage, clock, status)
 
 
+class _MapPlacement:
+    """What the router asks of :class:`nodedb.placement.Placement`, answered from the agreed
+    map ``cluster()`` alone: this host takes inserts, and a partition's nearest copy is its
+    primary."""
+
+    def __init__(self, cluster):
+        self._cluster = cluster
+
+    def partitions(self):
+        return self._cluster().partitions
+
+    def primary_of(self, partition):
+        assignment = self._cluster().assignments.get(partition)
+        if assignment is None or assignment.primary is None:
+            raise Unavailable(f"partition {partition} has no primary now")
+        return assignment.primary
+
+    def can_insert(self):
+        return True
+
+    def insert_hosts(self):
+        return []
+
+    def nearest_replica(self, partition):
+        return self.primary_of(partition)
+
+
 class TestRouterOnOneHost(QueryContract):
     def make_query(self, storage, clock, status):
         state = ClusterState()
         founding = {"op": "bootstrap", "cluster": "c1", "replicas": 1, "host": "a", "address": "a:1", "at": 0.0}
         state.apply({**founding, "partitions": storage.layout.max_partitions})
-        return Router(
-            _lone_query(storage, clock, status),
-            "a",
-            cluster=lambda: state,
-            transport=None,
-            address_of=lambda host: None,
-            insert_hosts=lambda: ["a"],
-            nearest_replica=lambda partition: "a",
-            can_insert=lambda: True,
-        )
+        return Router(_lone_query(storage, clock, status), "a", _MapPlacement(lambda: state), calls=None)
 
 
 class TestRouter(RouterContract):
     def make_router(self, host, local, cluster):
-        return Router(
-            local,
-            host.host_id,
-            cluster=cluster,
-            transport=host.transport,
-            address_of=host.address_of,
-            insert_hosts=lambda: [],
-            nearest_replica=lambda partition: cluster().assignments[partition].primary,
-            can_insert=lambda: True,
-        )
+        directory = SimpleNamespace(address_of=host.address_of, reachable=lambda peer: True, relays=lambda peer: [])
+        calls = HostCalls(host.host_id, host.transport, directory, host.clock)
+        return Router(local, host.host_id, _MapPlacement(cluster), calls)
 
 
 class TestTransactionService(TransactionsContract):

@@ -53,8 +53,7 @@ def local():
 @pytest.fixture
 def forward(local):
     """``forward(request)``: dispatch a ``query.forward`` carrying *request* from a peer."""
-    cluster = SimpleNamespace(partitions=PARTITIONS, assignments={})
-    router = Router(local, "a", lambda: cluster, None, lambda host: None, list, None, lambda: True)
+    router = Router(local, "a", SimpleNamespace(partitions=lambda: PARTITIONS), calls=None)
     api = RequestAPI(router, dict, Clock())
     router.install(api)
     peer = SimpleNamespace(greeted=True, role="peer")
@@ -126,7 +125,7 @@ def test_a_malformed_forwarded_request_is_refused_running_nothing(forward, local
 
 
 def test_a_forward_without_a_request_is_refused(local):
-    router = Router(local, "a", lambda: None, None, lambda host: None, list, None, lambda: True)
+    router = Router(local, "a", SimpleNamespace(partitions=lambda: PARTITIONS), calls=None)
     api = RequestAPI(router, dict, Clock())
     router.install(api)
     with pytest.raises(errors.InvalidRequest, match="request is a map"):

@@ -39,6 +39,11 @@ ALLOWED = {
     # imports the other: the transaction request and its plan are in nodedb/wire/.
     "query": {"storage", "topology", "wire"},
     "health": {"logsync", "voting"},
+    # What the node is, where things are and what it says about itself: read by the node's
+    # services through the node's assembly, never imported by them.
+    "identity": {"config", "security", "voting"},
+    "placement": {"query", "topology", "voting"},
+    "status": {"gossip", "health", "topology", "voting", "wire"},
     "config": {"security", "wire"},
     "plugins": {"config", "storage", "wire"},
     "admin": {"health", "metrics"},

@@ -1,4 +1,4 @@
-"""Where things are (nodedb.query.placement): the agreed map as Voting announces it, the hosts
+"""Where things are (nodedb.placement): the agreed map as Voting announces it, the hosts
 that lead, hold and take inserts, how to reach a host, and this host's own allocation and
 free space. Every collaborator is a plain stand-in; nothing here needs a reactor."""
 
@@ -9,7 +9,7 @@ import pytest
 from nodedb import errors
 from nodedb.gossip.state import HostEntry
 from nodedb.ids import IdAllocator, IdLayout
-from nodedb.query.placement import FREE_SPACE_STEP, Allocation, ClusterView, Directory, LocalSpace, Placement
+from nodedb.placement import FREE_SPACE_STEP, Allocation, ClusterChanges, Directory, LocalSpace, Placement
 from nodedb.storage.memory import MemoryStorage
 from nodedb.topology.vivaldi import Coordinate
 from nodedb.voting.policy import VotingSettings
@@ -38,7 +38,7 @@ class Hosts:
     """Gossip and reliability as this host ("a", at the origin) sees the others."""
 
     def __init__(self, *entries, down=()):
-        self.state = SimpleNamespace(ni=SimpleNamespace(entries={e.host_id: e for e in entries}))
+        self.ni = SimpleNamespace(entries={e.host_id: e for e in entries})
         self.coordinate = Coordinate()
         self.down = set(down)
 
@@ -52,25 +52,25 @@ class Hosts:
         return 0.0
 
 
-def view_of(state):
-    view = ClusterView()
-    view.changed(state)
-    return view
+def agreed_changes(state):
+    changes = ClusterChanges()
+    changes.changed(state)
+    return changes
 
 
 def placement(state, hosts, syncing=(), active=True, free=ROOM):
     logsync = SimpleNamespace(syncing=lambda: sorted(syncing), is_primary=lambda p: True)
     allocation = SimpleNamespace(active=active)
     space = LocalSpace(SimpleNamespace(stats=lambda: {"free_bytes": free}))
-    return Placement("a", view_of(state), hosts, hosts, logsync, allocation, space)
+    return Placement("a", agreed_changes(state), hosts, hosts, logsync, allocation, space)
 
 
-def test_the_view_holds_the_state_before_its_subscribers_hear_of_it_in_order():
-    view, heard = ClusterView(), []
-    assert view.state.cluster_id is None and view.state.assignments == {}
-    view.subscribe(lambda state: heard.append(("first", state is view.state)))
-    view.subscribe(lambda state: heard.append(("second", state.cluster_id)))
-    view.changed(agreed({}))
+def test_changes_hold_the_new_state_before_their_subscribers_hear_of_it_in_order():
+    changes, heard = ClusterChanges(), []
+    assert changes.state.cluster_id is None and changes.state.assignments == {}
+    changes.subscribe(lambda state: heard.append(("first", state is changes.state)))
+    changes.subscribe(lambda state: heard.append(("second", state.cluster_id)))
+    changes.changed(agreed({}))
     assert heard == [("first", True), ("second", "c")]
 
 
@@ -128,19 +128,19 @@ def test_present_hosts_are_the_available_ones_of_this_cluster_or_of_none_yet():
 def test_this_host_is_leading_once_every_partition_it_is_primary_of_is_ready():
     ready = set()
     logsync = SimpleNamespace(syncing=list, is_primary=lambda p: p in ready)
-    view = view_of(agreed({0: (["a"], 1), 1: (["b"], 1), 2: (["a"], 1)}))
-    p = Placement("a", view, Hosts(), Hosts(), logsync, None, None)
+    changes = agreed_changes(agreed({0: (["a"], 1), 1: (["b"], 1), 2: (["a"], 1)}))
+    p = Placement("a", changes, Hosts(), Hosts(), logsync, None, None)
     assert not p.leading()
     ready.update({0, 2})
     assert p.leading()
-    view.changed(ClusterState())  # no decision yet
+    changes.changed(ClusterState())  # no decision yet
     assert not p.leading()
 
 
 def test_addresses_come_from_the_ni_then_from_the_agreed_members():
     transport = SimpleNamespace(reachable=lambda address: address != "c:7400")
     hosts = Hosts(HostEntry("b", 1, 0, "b:7500"), down={"d"})
-    directory = Directory("a", view_of(agreed({}, members=["a", "b", "c", "d", "e"])), hosts, hosts, transport)
+    directory = Directory("a", agreed_changes(agreed({}, members=["a", "b", "c", "d", "e"])), hosts, hosts, transport)
     assert directory.address_of("b") == "b:7500"
     assert directory.address_of("c") == "c:7400"
     assert directory.address_of("x") is None

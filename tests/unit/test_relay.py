@@ -16,6 +16,7 @@ from nodedb.query.router import Router
 from nodedb.reliability.service import Reliability, ReportingTransport
 from nodedb.testing import failure_result_of, no_result, success_result_of
 from nodedb.testing.network import MemoryEndpoint
+from nodedb.testing.peers import PeerNetwork
 from nodedb.voting.state import Assignment
 from nodedb.wire.channel import hello_request
 from nodedb.wire.connection import ChannelFactory, PersistentConnection
@@ -276,6 +277,23 @@ def test_forwarding_a_client_request_knows_writes_from_reads():
     d = r._forward("b", {"op": "get", "type": "t", "key": 5})
     transport.take()[0].d.errback(errors.Timeout("late"))
     failure_result_of(d, errors.Unavailable)
+
+
+
+def test_calls_reach_another_host_over_the_network():
+    peers = PeerNetwork(seed=1)
+    a, _b = peers.add_host("a"), peers.add_host("b")
+    directory = SimpleNamespace(address_of=a.address_of, reachable=lambda host: True, relays=lambda host: [])
+    calls = HostCalls("a", a.transport, directory, a.clock)
+    try:
+        d = calls.call_host("b", "ping", {}, write=False)
+        peers.run_until(lambda: d.called, timeout=10)
+        assert success_result_of(d) == "pong"
+        failed = calls.call_host("nobody", "ping", {}, write=False)
+        peers.run_until(lambda: failed.called, timeout=10)
+        failure_result_of(failed, errors.Unavailable)
+    finally:
+        peers.stop()
 
 
 # -- the relay's side -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 elements, how to reach a host; and this host's own part (where it allocates ids, its free
 space).
 
-The answers come from the agreed partition map (:class:`ClusterView`), the network
+The answers come from the agreed partition map (:class:`ClusterChanges`), the network
 information (gossip) and reliability, as this host sees them now. Routing
 (:class:`~nodedb.query.router.Router`), calls to other hosts
 (:class:`~nodedb.query.calls.HostCalls`), Voting and the status page ask here.
@@ -24,13 +24,13 @@ def has_room(free_bytes):
     return free_bytes >= VotingSettings.min_free_bytes
 
 
-class ClusterView:
-    """The agreed cluster state as Voting last announced it (``on_change``), and the
-    reactions to its changes.
+class ClusterChanges:
+    """The agreed cluster state (an :class:`~nodedb.interfaces.IClusterView`) as Voting last
+    announced it (``on_change``), and the reactions to its changes.
 
     It exists before Voting does, so that what Voting needs (LogSync, addresses) can read the
-    map too. Subscribers are called in the order they subscribed, once the view holds the new
-    state.
+    map too. Subscribers are called in the order they subscribed, once :attr:`state` is the
+    new state.
     """
 
     def __init__(self):
@@ -55,9 +55,9 @@ class Directory:
         known to be up or down).
     """
 
-    def __init__(self, host_id, view, gossip, reliability, transport):
+    def __init__(self, host_id, changes, gossip, reliability, transport):
         self.host_id = host_id
-        self._view = view
+        self._changes = changes
         self._gossip = gossip
         self._reliability = reliability
         self._transport = transport
@@ -67,7 +67,7 @@ class Directory:
         entry = self._gossip.ni.entries.get(host_id)
         if entry is not None:
             return entry.address
-        member = self._view.state.members.get(host_id)
+        member = self._changes.state.members.get(host_id)
         return member["address"] if member else None
 
     def reachable(self, host_id):
@@ -78,7 +78,7 @@ class Directory:
 
     def relays(self, target):
         """Hosts this one reaches that could relay a call to *target*, best first."""
-        state = self._view.state
+        state = self._changes.state
         candidates = [h for h in state.members if h not in (self.host_id, target) and self.reachable(h)]
         return rank_relays(target, candidates, state.assignments, self._reliability.score)
 
@@ -92,9 +92,9 @@ class Placement:
     :param space: this host's :class:`LocalSpace`.
     """
 
-    def __init__(self, host_id, view, gossip, reliability, logsync, allocation, space):
+    def __init__(self, host_id, changes, gossip, reliability, logsync, allocation, space):
         self.host_id = host_id
-        self._view = view
+        self._changes = changes
         self._gossip = gossip
         self._reliability = reliability
         self._logsync = logsync
@@ -103,18 +103,18 @@ class Placement:
 
     def partitions(self):
         """How many partitions the cluster has (0 before the first decision)."""
-        return self._view.state.partitions
+        return self._changes.state.partitions
 
     def primary_of(self, partition):
         """The host id the agreed map names primary of *partition*; :raise Unavailable: if none."""
-        assignment = self._view.state.assignments.get(partition)
+        assignment = self._changes.state.assignments.get(partition)
         if assignment is None or assignment.primary is None:
             raise errors.Unavailable(f"partition {partition} has no primary now")
         return assignment.primary
 
     def leading(self):
         """Whether the partitions the agreed map gives this host are ready to take writes here."""
-        state = self._view.state
+        state = self._changes.state
         return state.cluster_id is not None and all(
             self._logsync.is_primary(p) for p in state.primary_partitions(self.host_id)
         )
@@ -125,7 +125,7 @@ class Placement:
 
     def insert_hosts(self):
         """Hosts that are primary of some partition, reachable, with room for new elements."""
-        primaries = {a.primary for a in self._view.state.assignments.values() if a.primary is not None}
+        primaries = {a.primary for a in self._changes.state.assignments.values() if a.primary is not None}
         hosts = []
         for host_id in sorted(primaries):
             entry = self._gossip.ni.entries.get(host_id)
@@ -135,7 +135,7 @@ class Placement:
 
     def nearest_replica(self, partition):
         """The closest host with a current copy of *partition* (this one when it has one)."""
-        assignment = self._view.state.assignments.get(partition)
+        assignment = self._changes.state.assignments.get(partition)
         if assignment is None or not assignment.replicas:
             raise errors.Unavailable(f"partition {partition} has no replica now")
         if self.host_id in assignment.replicas and partition not in self._logsync.syncing():
