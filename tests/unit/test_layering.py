@@ -123,3 +123,16 @@ def test_no_loops_between_rooms():
         if room not in done:
             visit(room, [room])
     assert not loops, "import loops between rooms:\n" + "\n".join(sorted(set(loops)))
+
+
+def test_architecture_md_states_these_rules():
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = text.split("### Rooms and what each may import", 1)[1].split("\n#", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            documented[cells[0].strip("`")] = {name.strip().strip("`") for name in cells[1].split(",")} - {
+                "(nothing more)"
+            }
+    assert documented == ALLOWED
