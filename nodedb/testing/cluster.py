@@ -157,18 +157,25 @@ class SimCluster:
             seeds = [h.address for h in self.hosts if h is not host and h.up][:3]
         self._boot(host, seeds)
 
-    def client(self, hosts=None, timeout=10.0, learn_hosts=False):
+    def client(self, hosts=None, timeout=10.0, learn_hosts=False, partition_aware=False):
         """A :class:`nodedb.client.Client` on the simulated network, connected to *hosts*
         (every host by default, tried in turn) from an address of its own; with
         *learn_hosts*, it also learns the other hosts' addresses from the cluster, as
-        :func:`nodedb.client.connect` does."""
+        :func:`nodedb.client.connect` does, and with *partition_aware* as well, it sends
+        requests straight to their partition's primary."""
         self._clients += 1
         source = f"10.{self._clients // 250}.{self._clients % 250}.1:5000"
         targets = hosts if hosts is not None else self.hosts
         named = [(h.address, self.network.client_endpoint(source, h.address)) for h in targets]
         endpoint_for = (lambda address: self.network.client_endpoint(source, address)) if learn_hosts else None
         return start_client(
-            self.clock, named, endpoint_for, timeout, client_name="simulated", rng=random.Random(self.rng.random())
+            self.clock,
+            named,
+            endpoint_for,
+            timeout,
+            client_name="simulated",
+            rng=random.Random(self.rng.random()),
+            partition_aware=partition_aware,
         )
 
     # -- observing --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from zope.interface import classImplements, implementer
 
 from nodedb import errors
 from nodedb.interfaces import IClusterView, IVoting
-from nodedb.voting import policy, recovery
+from nodedb.voting import client_map, policy, recovery
 from nodedb.voting.messages import MessageError, message_from_wire, message_to_wire
 from nodedb.voting.persistence import RaftDisk
 from nodedb.voting.raft import LEADER, ChangeInProgress, Config, NotLeader, Raft, Snapshot
@@ -88,6 +88,7 @@ class VotingService(Service):
         self.host_id = host_id
         self.transport = transport
         self.disk = RaftDisk(storage)
+        self._partition_bits = storage.layout.partition_bits
         self.address_of = address_of
         self.views = views
         self.rng = rng or random.Random()
@@ -112,6 +113,7 @@ class VotingService(Service):
         api.register("raft.message", self._serve_message)
         api.register("voting.elect", self._serve_elect)
         api.register("admin.recover", self._serve_recover, client=True)
+        api.register("map", self._serve_map, client=True)
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -308,6 +310,11 @@ class VotingService(Service):
             except (ChangeInProgress, ValueError):
                 pass
         self._process()
+
+    def _serve_map(self, request):
+        """The partition map for clients (:mod:`nodedb.voting.client_map`)."""
+        since = client_map.check_since(request.get("since"))
+        return client_map.describe(self.state, self._state_index, self._partition_bits, since)
 
     # -- recovery from a lost majority ------------------------------------------------------
 
