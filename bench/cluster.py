@@ -2,19 +2,31 @@
 also the loss, for good, of one host of four).
 
     python bench/cluster.py [--count 20000] [--inflight 64] [--doc-size 100]
-                            [--outage-writes 5000] [--repeat 1] [--json] [--keep]
-                            [--spare [--remove-after 10]]
+                            [--client both|aware|plain] [--outage-writes 5000]
+                            [--repeat 1] [--json] [--keep] [--spare [--remove-after 10]]
 
 Each run starts three real ``twistd -n nodedb`` processes on their own loopback addresses
 (127.0.0.x) with fresh data directories: the first bootstraps with ``--replicas 3``, the
 other two join through it, and the run waits until replication is complete (every partition
 has a ready primary and two followers caught up, three Voting voters) and until Voting has
 stopped moving primaries to even out the load (no change for 3 s). Then, from this
-process, through nodedb.client (one client per node, requests spread over them, so most go
-through a host that forwards them to the partition's primary):
+process, through nodedb.client (three clients, each given the nodes in another order,
+requests spread over them):
 
-1. COUNT inserts, then COUNT linearizable gets of the ids they returned, INFLIGHT requests in
-   flight: ops/s, p50 and p99 latency, and the CPU of the client and of the three nodes.
+1. COUNT inserts, then COUNT linearizable gets of the ids they returned, then COUNT updates
+   of them, INFLIGHT requests in flight: ops/s, p50 and p99 latency, and the CPU of the
+   client and of the three nodes. The gets and the updates take the ids in a random order
+   (the same in every run), as a program that reads and writes what others inserted does:
+   the first node of a plain client leads the partition of a third of them. (An insert
+   without ``near`` is taken by whichever host receives it, in a partition it leads, so no
+   client's inserts take an extra hop.) With --client both (the default) this is done twice on the same cluster, by plain clients
+   (``partition_aware=False``: each sends everything to its first node, which forwards what
+   belongs to another primary: two thirds of the gets) and by partition-aware clients (each
+   request on an element straight to its partition's primary), in alternate order from one
+   run to the next, and the ratio of the two is printed; --client aware or plain does one.
+   Each client first makes WARM_UP inserts (not measured; the aware ones open their
+   connections to the primaries then). The phases below use plain clients, so that
+   "through the survivors" and "through the restarted host" stay true.
 2. Failover: kill -9 of the host that is primary of the most partitions. From that instant every partition is probed
    with inserts (``near`` an id of the partition) through the two survivors, a new probe per
    partition every PROBE_EVERY seconds. Of the partitions the host led: the time until the
@@ -46,6 +58,7 @@ import http.client
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -97,6 +110,12 @@ REMOVAL_DEADLINE = 60.0  # --spare: seconds past --remove-after the removal may 
 RESTORE_DEADLINE = 120.0  # --spare: seconds past --remove-after full replication may take to return
 SPARE_SAMPLE = 500  # --spare: writes from before the kill read back at the end
 LAYOUT = IdLayout()
+#: The clients --client compares: their partition_aware option.
+CLIENT_KINDS = {"plain": False, "aware": True}
+WARM_UP = 300  # inserts before the measured phases, through each kind of client
+MAP_DEADLINE = 10.0  # seconds a partition-aware client may take to get the partition map
+SHUFFLE_SEED = 14  # the random order in which the gets and updates take the inserted ids
+PHASES = ("insert", "get", "update")
 
 
 def voter_count(members):
@@ -420,23 +439,63 @@ async def probe_partitions(reactor, clients, began):
     return accepted
 
 
-async def run_once(reactor, work_dir, args, doc):
+async def throughput(reactor, nodes, kind, args, doc):
+    """The inserts, gets and updates of 1. in the module docstring, through NODES clients of
+    *kind* (a key of CLIENT_KINDS): ``{"insert": figures, "get": figures, "update": figures}``."""
+    clients = []
+    try:
+        for i in range(NODES):
+            addresses = [n.address for n in nodes[i:] + nodes[:i]]
+            clients.append(await connect(reactor, addresses, partition_aware=CLIENT_KINDS[kind]))
+        began = time.monotonic()
+        while CLIENT_KINDS[kind] and any(client.partition_map is None for client in clients):
+            if time.monotonic() - began > MAP_DEADLINE:
+                raise BenchError(f"no partition map {MAP_DEADLINE:.0f} s after connecting")
+            await task.deferLater(reactor, POLL_EVERY, lambda: None)
+        await drive(WARM_UP, args.inflight, lambda i: clients[i % NODES].insert(RECORD_TYPE, doc))
+        figures = {}
+        figures["insert"], ids = await measured(nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].insert(RECORD_TYPE, doc)))
+        if len(set(ids)) != args.count:
+            raise BenchError(f"{len(set(ids))} distinct ids for {args.count} inserts")
+        shuffled = list(ids)
+        random.Random(SHUFFLE_SEED).shuffle(shuffled)
+        figures["get"], replies = await measured(nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].get(RECORD_TYPE, shuffled[i])))
+        wrong = sum(1 for got, _version in replies if got != doc)
+        if wrong:
+            raise BenchError(f"the wrong document for {wrong} of {args.count} gets")
+        figures["update"], versions = await measured(
+            nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].update(RECORD_TYPE, shuffled[i], doc))
+        )
+        if not all(type(version) is int for version in versions):
+            raise BenchError("an update did not return its new version")
+        return figures
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def client_kinds(args, run):
+    """The kinds of client to measure in run number *run* (from 0), in order: with --client
+    both, plain first in even runs and aware first in odd ones."""
+    if args.client != "both":
+        return [args.client]
+    kinds = list(CLIENT_KINDS)
+    return kinds if run % 2 == 0 else kinds[::-1]
+
+
+async def run_once(reactor, work_dir, args, doc, run=0):
     os.mkdir(work_dir)
     cluster = Cluster(reactor, work_dir)
     clients = []
     try:
         figures = {"formed_s": await cluster.form()}
         nodes = cluster.nodes
-        for i in range(NODES):
-            addresses = [n.address for n in nodes[i:] + nodes[:i]]
-            clients.append(await connect(reactor, addresses))
-        figures["insert"], ids = await measured(nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].insert(RECORD_TYPE, doc)))
-        if len(set(ids)) != args.count:
-            raise BenchError(f"{len(set(ids))} distinct ids for {args.count} inserts")
-        figures["get"], replies = await measured(nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].get(RECORD_TYPE, ids[i])))
-        wrong = sum(1 for got, _version in replies if got != doc)
-        if wrong:
-            raise BenchError(f"the wrong document for {wrong} of {args.count} gets")
+        for kind in client_kinds(args, run):
+            figures[kind] = await throughput(reactor, nodes, kind, args, doc)
+        if args.client == "both":
+            figures["aware_vs_plain"] = {
+                phase: figures["aware"][phase]["ops_per_s"] / figures["plain"][phase]["ops_per_s"] for phase in PHASES
+            }
 
         # Failover: kill -9 the primary of the most partitions.
         led = await cluster.led()
@@ -446,7 +505,7 @@ async def run_once(reactor, work_dir, args, doc):
         survivors = [n for n in nodes if n is not victim]
         probes = []
         for survivor in survivors:
-            probes.append(await connect(reactor, [survivor.address], timeout=PROBE_TIMEOUT))
+            probes.append(await connect(reactor, [survivor.address], timeout=PROBE_TIMEOUT, partition_aware=False))
         killed_at = time.monotonic()
         victim.kill()
         accepted = await probe_partitions(reactor, probes, killed_at)
@@ -474,7 +533,7 @@ async def run_once(reactor, work_dir, args, doc):
         figures["restart"] = {"serving_s": serving, "caught_up_s": time.monotonic() - restarted_at}
 
         # What it caught up on reads back through it.
-        check = await connect(reactor, [victim.address])
+        check = await connect(reactor, [victim.address], partition_aware=False)
         try:
             outage_ids = outage[2]
             for element_id in outage_ids[:: max(1, len(outage_ids) // 200)]:
@@ -533,7 +592,7 @@ async def spare_once(reactor, work_dir, args, doc):
         figures = {"formed_s": await cluster.form()}
         nodes = cluster.nodes
         for i in range(SPARE_NODES):
-            clients.append(await connect(reactor, [n.address for n in nodes[i:] + nodes[:i]]))
+            clients.append(await connect(reactor, [n.address for n in nodes[i:] + nodes[:i]], partition_aware=False))
         _elapsed, _latencies, ids = await drive(
             SPARE_WRITES,
             args.inflight,
@@ -553,7 +612,7 @@ async def spare_once(reactor, work_dir, args, doc):
         held = view["voting"]["holdings"].get(victim.host_id, {}).get("replicas", 0)
         live = [n for n in nodes if n is not victim]
         for survivor in live:
-            clients.append(await connect(reactor, [survivor.address], timeout=PROBE_TIMEOUT))
+            clients.append(await connect(reactor, [survivor.address], timeout=PROBE_TIMEOUT, partition_aware=False))
 
         killed_at = time.monotonic()
         victim.kill()
@@ -581,7 +640,7 @@ async def spare_once(reactor, work_dir, args, doc):
         for client in clients:
             await client.close()
         clients = []
-        clients.append(await connect(reactor, [n.address for n in live]))
+        clients.append(await connect(reactor, [n.address for n in live], partition_aware=False))
         sample = ids[:: max(1, len(ids) // SPARE_SAMPLE)]
         _elapsed, _latencies, replies = await drive(len(sample), args.inflight, lambda i: clients[0].get(RECORD_TYPE, sample[i]))
         wrong = [element_id for element_id, (got, _version) in zip(sample, replies) if got != doc]
@@ -605,14 +664,30 @@ def report(args, m, runs, temp_root, took):
     )
     print(environment(temp_root))
     print()
-    print(f"  {'':<44} {'ops/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'cli%':>5} {'srv%':>5}")
-    for key, label in (("insert", "insert (majority-acknowledged, synced)"), ("get", "get (linearizable: read barrier)")):
-        f = m[key]
+    print(f"  {'':<52} {'ops/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'cli%':>5} {'srv%':>5}")
+    kinds = [kind for kind in CLIENT_KINDS if kind in m]
+    labels = {
+        "insert": "insert (majority-acknowledged, synced)",
+        "get": "get (linearizable: read barrier)",
+        "update": "update (majority-acknowledged, synced)",
+    }
+    for key, label in labels.items():
+        for kind in kinds:
+            f = m[kind][key]
+            print(
+                f"  {kind + ' client: ' + label:<52} {f['ops_per_s']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
+                f"{f['client_cpu_pct']:>5.0f} {f.get('servers_cpu_pct', float('nan')):>5.0f}"
+            )
+    print("  (three clients, each given the nodes in another order, requests spread over them; gets and updates")
+    print("   take the ids in a random order; srv%: CPU of the three nodes together, % of a core; plain:")
+    print("   partition_aware=False, through the first node; aware: each request on an element straight to")
+    print("   its partition's primary)")
+    if "aware_vs_plain" in m:
+        ratio = m["aware_vs_plain"]
         print(
-            f"  {label:<44} {f['ops_per_s']:>9,.0f} {f['p50_ms']:>7.2f} {f['p99_ms']:>7.2f} "
-            f"{f['client_cpu_pct']:>5.0f} {f.get('servers_cpu_pct', float('nan')):>5.0f}"
+            f"  aware / plain (median of the runs' ratios): inserts {ratio['insert']:.2f}x, gets {ratio['get']:.2f}x, "
+            f"updates {ratio['update']:.2f}x"
         )
-    print("  (one client per node, requests spread over them; srv%: CPU of the three nodes together, % of a core)")
     fo, rs = m["failover"], m["restart"]
     print()
     print(f"kill -9 of the host leading the most partitions ({fo['victim_primaries']:.0f} of {PARTITIONS}):")
@@ -664,7 +739,7 @@ async def bench(reactor, args, outcome):
     for k in range(args.repeat):
         started = time.monotonic()
         print(f"run {k + 1}/{args.repeat} ...", end="", file=sys.stderr, flush=True)
-        runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc))
+        runs.append(await run_once(reactor, os.path.join(temp_root, f"run{k + 1}"), args, doc, k))
         r = runs[-1]
         if args.spare:
             r["spare"] = await spare_once(reactor, os.path.join(temp_root, f"run{k + 1}-spare"), args, doc)
@@ -674,8 +749,13 @@ async def bench(reactor, args, outcome):
             if args.spare
             else ""
         )
+        phases = ", ".join(
+            f"{kind}: inserts {r[kind]['insert']['ops_per_s']:,.0f}/s, gets {r[kind]['get']['ops_per_s']:,.0f}/s, "
+            f"updates {r[kind]['update']['ops_per_s']:,.0f}/s"
+            for kind in client_kinds(args, k)
+        )
         print(
-            f" {time.monotonic() - started:.1f} s (inserts {r['insert']['ops_per_s']:,.0f}/s, gets {r['get']['ops_per_s']:,.0f}/s, "
+            f" {time.monotonic() - started:.1f} s ({phases}, "
             f"failover {r['failover']['victim_all_s']:.2f} s, caught up {r['restart']['caught_up_s']:.2f} s{spare})",
             file=sys.stderr,
             flush=True,
@@ -690,6 +770,13 @@ def main(argv=None):
     parser.add_argument("--inflight", type=positive, default=64, help="requests in flight (default 64)")
     parser.add_argument("--doc-size", type=positive, default=100, help="encoded size of each document in bytes (default 100)")
     parser.add_argument("--outage-writes", type=positive, default=5000, help="inserts while the killed host is down (default 5000)")
+    parser.add_argument(
+        "--client",
+        choices=("both", *CLIENT_KINDS),
+        default="both",
+        help="the clients of the insert and get phases: plain (partition_aware=False), aware (partition-aware), "
+        "or both, on the same cluster, with their ratio (default both)",
+    )
     add_run_options(parser)
     parser.add_argument(
         "--spare",

@@ -151,14 +151,14 @@ class DirectRoutes:
 
     def connection_for(self, op, arguments):
         """:return: ``(host id, connection)`` to send request *op* straight to, or ``(None,
-        None)`` to send it through the any-host connection. A host not connected to yet is
-        connected to now, for the requests after this one."""
+        None)`` to send it through the any-host connection (which may be the host's own). A
+        host not connected to yet is connected to now, for the requests after this one."""
         partition_map = self.map
         if partition_map is None:
             return None, None
         host = partition_map.target(op, arguments, self._turn)
-        if host is None or (self._avoid and self._avoided(host)):
-            return None, None
+        if host is None or host == self._main.server.get("host") or (self._avoid and self._avoided(host)):
+            return None, None  # any host, or the host of the any-host connection itself
         entry = self._connections.get(host)
         if entry is None:
             self._open(host, partition_map.addresses.get(host))
