@@ -6,7 +6,8 @@
 
 Each run starts a new cluster as bench/cluster.py does (three real ``twistd -n nodedb``
 processes on their own loopback addresses, ``--replicas 3``, replication complete and the
-primaries balanced), then, from this process through nodedb.client (one client per node):
+primaries balanced), then, from this process through nodedb.client (one plain client,
+``partition_aware=False``, per node):
 
 1. Load: COUNT small elements ``{"n": N, "r": R, "tag": "q"}`` (R = N * 7919 mod 1000, so any
    range of R matches a fixed share of them), INFLIGHT inserts in flight, sent through the
@@ -212,7 +213,9 @@ async def run_once(reactor, work_dir, args):
         figures = {"formed_s": await cluster.form()}
         nodes = cluster.nodes
         for i in range(NODES):
-            clients.append(await connect(reactor, [n.address for n in nodes[i:] + nodes[:i]]))
+            # Plain clients: each request through the client's first node, as measured before
+            # the client became partition-aware (bench/cluster.py compares the two).
+            clients.append(await connect(reactor, [n.address for n in nodes[i:] + nodes[:i]], partition_aware=False))
 
         if args.spread:
             # Element N near partition N mod 64, through the client of the node that leads it.

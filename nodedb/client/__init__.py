@@ -20,9 +20,11 @@ Every method returns a Deferred. Failures are :class:`nodedb.errors.NodeDBError`
 (``unix:/path``, ``tls:host:port``, ...) or endpoint objects. The client keeps one
 connection up, to the first reachable of them, and moves to the next by itself when that one
 goes away; it also learns the addresses of the cluster's other hosts and tries those after the
-ones it was given. A request that certainly was not applied (the node answered Unavailable, as
-it does for a partition that is changing primary, or the request never left) is retried with
-backoff until its timeout; reads are also retried when the connection dropped under them. A
+ones it was given. It sends each request on an element straight to its partition's primary,
+over a connection of its own, as the cluster's partition map names it (``partition_aware``;
+see :mod:`nodedb.client._routing`). A request that certainly was not applied (the node
+answered Unavailable, as it does for a partition that is changing primary, or the request
+never left) is retried with backoff until its timeout; reads are also retried when the connection dropped under them. A
 write whose connection dropped while it was in flight is not retried (it may have been
 applied) and fails with :class:`~nodedb.errors.Unavailable`; a write the cluster could not
 confirm in time fails with :class:`~nodedb.errors.Timeout` (it may or may not be applied).
