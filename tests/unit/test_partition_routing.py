@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from nodedb import errors
 from nodedb.client._client import start_client
-from nodedb.client._routing import AVOID_FOR, MAP_INTERVAL, PartitionMap
+from nodedb.client._routing import AVOID_FOR, INSERTS_PER_TURN, MAP_INTERVAL, PartitionMap
 from nodedb.testing import failure_result_of, success_result_of
 from nodedb.testing.network import MemoryEndpoint, pump_all
 from nodedb.wire.connection import ChannelFactory
@@ -156,11 +156,11 @@ def test_requests_on_an_element_go_to_its_primary(cluster):
 def test_inserts_spread_over_the_primaries_and_transactions_go_to_their_home(cluster):
     client = cluster.client()
     cluster.settle()
-    for _ in range(3):
+    for _ in range(INSERTS_PER_TURN * 3):
         answer(cluster, client.insert("t", {}))  # opens the connections
     cluster.settle()
-    served = [answer(cluster, client.insert("t", {})) for _ in range(6)]
-    assert sorted(served) == ["h0", "h0", "h1", "h1", "h2", "h2"]
+    served = [answer(cluster, client.insert("t", {})) for _ in range(INSERTS_PER_TURN * 3)]
+    assert served == ["h0"] * INSERTS_PER_TURN + ["h1"] * INSERTS_PER_TURN + ["h2"] * INSERTS_PER_TURN
     home = client.transaction().insert("t", {}).update("t", key(5), {}).insert("t", {}, near=key(1))
     assert answer(cluster, home.commit()) == "h2"
     cluster.close(client)
@@ -343,8 +343,9 @@ def test_each_request_has_its_target(routing, op, arguments, host):
 
 
 def test_plain_inserts_take_the_primaries_in_turn(routing):
-    turn = iter(range(4))
-    assert [routing.target("insert", {"type": "t", "doc": {}}, turn) for _ in range(4)] == ["a", "b", "a", "b"]
+    turn = iter(range(INSERTS_PER_TURN * 3))
+    targets = [routing.target("insert", {"type": "t", "doc": {}}, turn) for _ in range(INSERTS_PER_TURN * 3)]
+    assert targets == ["a"] * INSERTS_PER_TURN + ["b"] * INSERTS_PER_TURN + ["a"] * INSERTS_PER_TURN
 
 
 @pytest.mark.parametrize(
