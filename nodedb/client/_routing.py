@@ -146,13 +146,15 @@ class DirectRoutes:
         self._main = main
         self._connect = connect
         self._connections = {}  # host id -> (address, PersistentConnection), opened on first use
+        self._retired = []  # connections to hosts the map no longer routes to, closed once idle
         self._avoid = {}  # host that failed a request -> until when it is gone around
         self._asking = False
         self._unsupported = False  # the host at the end of main serves no map
+        self._stopped = False
         self._turn = itertools.count()
-        self._refresher = LoopingCall(self.refresh)
+        self._interval = interval
+        self._refresher = LoopingCall(self._tick)
         self._refresher.clock = clock
-        self._refresher.start(interval, now=False)
 
     def connection_for(self, op, arguments):
         """:return: ``(host id, connection)`` to send request *op* straight to, or ``(None,
@@ -191,26 +193,34 @@ class DirectRoutes:
         return False
 
     def connections(self):
-        """The connections to the primaries opened so far."""
-        return [connection for _address, connection in self._connections.values()]
+        """The connections to hosts opened so far and not closed yet."""
+        return [connection for _address, connection in self._connections.values()] + self._retired
 
     def stop(self):
         """:return: the Deferreds of closing every connection this opened."""
+        self._stopped = True
         if self._refresher.running:
             self._refresher.stop()
-        connections, self._connections = self.connections(), {}
+        connections, self._connections, self._retired = self.connections(), {}, []
         return [connection.stop() for connection in connections]
 
     # -- the map ---------------------------------------------------------------------------
 
     def connected(self, channel):
-        """The any-host connection was made again (perhaps to another host): ask it for the map."""
+        """The any-host connection was made again (perhaps to another host): ask it for the
+        map, now and every interval from now on."""
         self._unsupported = False
+        self.refresh()
+        if not self._refresher.running and not self._stopped:
+            self._refresher.start(self._interval, now=False)
+
+    def _tick(self):
+        self._close_idle()
         self.refresh()
 
     def refresh(self):
         """Ask the any-host connection for the map, unless an answer is awaited already."""
-        if self._asking or self._unsupported or not self._main.connected or not self._refresher.running:
+        if self._asking or self._unsupported or self._stopped or not self._main.connected:
             return
         self._asking = True
         arguments = None if self.map is None else {"since": self.map.version}
@@ -230,7 +240,7 @@ class DirectRoutes:
             self._log.warn("ignoring a malformed partition map from {peer}: {why}", peer=self._main.address, why=e)
             return
         current = self.map
-        if new.cluster != (self._main.server or {}).get("cluster"):
+        if new.cluster != self._main.server.get("cluster"):
             return  # not the cluster this client is connected to
         if current is not None and current.cluster == new.cluster and new.version <= current.version:
             return  # a host that has not caught up with one asked before
@@ -238,8 +248,17 @@ class DirectRoutes:
         self._avoid.clear()
         for host, (address, connection) in list(self._connections.items()):
             if host not in new.primaries or new.addresses.get(host) != address:
+                # Closed once its requests in flight are answered: closing it now would fail
+                # them, and a write that may have been applied is not sent again.
                 del self._connections[host]
-                connection.stop()
+                self._retired.append(connection)
+        self._close_idle()
+
+    def _close_idle(self):
+        idle = [connection for connection in self._retired if not connection.in_flight()]
+        self._retired = [connection for connection in self._retired if connection.in_flight()]
+        for connection in idle:
+            connection.stop()
 
     def _not_now(self, reason):
         reason.trap(errors.NodeDBError)

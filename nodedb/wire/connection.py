@@ -161,6 +161,11 @@ class PersistentConnection:
         channel = self._channel
         return channel is not None and channel.connected_
 
+    def in_flight(self):
+        """:return: how many calls on the current connection await a reply."""
+        channel = self._channel
+        return 0 if channel is None else channel.in_flight()
+
     @property
     def down(self):
         """True when the connection is known to be down: it was up and dropped, or attempts

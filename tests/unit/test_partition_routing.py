@@ -44,7 +44,8 @@ class FakeHost:
         self.cluster = cluster
         self.served = []
         self.refuse_with = None  # an error to answer data requests with
-        self.unanswered = ()  # ops it never answers
+        self.unanswered = ()  # ops it answers only when the test fires their Deferreds
+        self.held = []
         self.factory = ChannelFactory(self.dispatch)
 
     def dispatch(self, request, channel):
@@ -64,7 +65,9 @@ class FakeHost:
         if self.refuse_with is not None:
             raise self.refuse_with
         if op in self.unanswered:
-            return defer.Deferred()
+            d = defer.Deferred()
+            self.held.append(d)
+            return d
         return [{"served by": self.name}, 1] if op == "get" else self.name
 
     def ops(self, *names):
@@ -184,6 +187,27 @@ def test_the_map_is_asked_for_again_each_interval_and_a_move_is_followed(cluster
     answer(cluster, client.get("t", key(1)))
     cluster.settle()
     assert answer(cluster, client.get("t", key(1))) == ({"served by": "h2"}, 1)
+    cluster.close(client)
+
+
+def test_a_connection_to_a_host_no_longer_a_primary_is_closed_once_its_requests_are_answered(cluster):
+    client = cluster.client()
+    cluster.settle()
+    h0, h1, _h2 = cluster.hosts.values()
+    answer(cluster, client.get("t", key(1)))
+    cluster.settle()
+    h1.unanswered = ("update",)
+    write = client.update("t", key(1), {})
+    pump_all(cluster.endpoints.values())
+    cluster.moved(2, ["h0", "h2", "h2", "h0", "h2", "h2"])
+    cluster.settle(MAP_INTERVAL * 2)
+    assert client.partition_map.version == 2
+    [held] = h1.held
+    assert len(cluster.endpoints[cluster.addresses["h1"]].open_connections()) == 1
+    held.callback("h1")
+    assert answer(cluster, write) == "h1"  # answered, not failed by the move
+    cluster.settle(MAP_INTERVAL)
+    assert cluster.endpoints[cluster.addresses["h1"]].open_connections() == []
     cluster.close(client)
 
 
