@@ -459,7 +459,9 @@ async def throughput(reactor, nodes, kind, args, doc):
             raise BenchError(f"{len(set(ids))} distinct ids for {args.count} inserts")
         shuffled = list(ids)
         random.Random(SHUFFLE_SEED).shuffle(shuffled)
-        figures["get"], replies = await measured(nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].get(RECORD_TYPE, shuffled[i])))
+        figures["get"], replies = await measured(
+            nodes, drive(args.count, args.inflight, lambda i: clients[i % NODES].get(RECORD_TYPE, shuffled[i]))
+        )
         wrong = sum(1 for got, _version in replies if got != doc)
         if wrong:
             raise BenchError(f"the wrong document for {wrong} of {args.count} gets")

@@ -24,10 +24,11 @@ ones it was given. It sends each request on an element straight to its partition
 over a connection of its own, as the cluster's partition map names it (``partition_aware``;
 see :mod:`nodedb.client._routing`). A request that certainly was not applied (the node
 answered Unavailable, as it does for a partition that is changing primary, or the request
-never left) is retried with backoff until its timeout; reads are also retried when the connection dropped under them. A
-write whose connection dropped while it was in flight is not retried (it may have been
-applied) and fails with :class:`~nodedb.errors.Unavailable`; a write the cluster could not
-confirm in time fails with :class:`~nodedb.errors.Timeout` (it may or may not be applied).
+never left) is retried with backoff until its timeout; reads are also retried when the
+connection dropped under them. A write whose connection dropped while it was in flight is
+not retried (it may have been applied) and fails with :class:`~nodedb.errors.Unavailable`; a
+write the cluster could not confirm in time fails with :class:`~nodedb.errors.Timeout` (it
+may or may not be applied).
 
 A Twisted program that makes its own connections uses :class:`NodeDBClientFactory` with any
 endpoint; each connection is a :class:`NodeDBProtocol` with the same operations, without

@@ -73,7 +73,7 @@ class PartitionMap:
             raise ValueError("version, cluster or partition_bits missing or mistyped")
         if type(hosts) is not list or type(partitions) is not list or len(partitions) > 1 << bits:
             raise ValueError("hosts or partitions missing or mistyped")
-        if not all(type(h) is list and len(h) == 2 and type(h[0]) is str and type(h[1]) in (str, type(None)) for h in hosts):
+        if not all(type(h) is list and len(h) == 2 and type(h[0]) is str and (h[1] is None or type(h[1]) is str) for h in hosts):
             raise ValueError("a host is not [id, address]")
         ids = [host_id for host_id, _address in hosts]
         if not all(type(p) is list and all(type(i) is int and 0 <= i < len(ids) for i in p) for p in partitions):
@@ -99,9 +99,9 @@ class PartitionMap:
         Requests on one element go to its partition's primary; an insert without ``near``
         (and a transaction of such inserts) to the primaries in turns of
         :data:`INSERTS_PER_TURN`, so that a client's inserts spread over the hosts that
-        allocate ids. A ``replica`` read (any host with a
-        copy answers it), a scan (every partition's primary takes part in each page, asked by
-        whichever host takes it) and every other request go to any host.
+        allocate ids. A ``replica`` read (any host with a copy answers it), a scan (every
+        partition's primary takes part in each page, asked by whichever host takes it) and
+        every other request go to any host.
 
         :param turn: an iterator of ints: 0, 1, 2...
         """

@@ -11,6 +11,22 @@ it reaches forwards the request, as for any client.
 from nodedb import errors
 
 
+def install(api, agreed, partition_bits):
+    """Serve ``map`` to clients on *api* (a :class:`~nodedb.query.api.RequestAPI`).
+
+    :param agreed: ``agreed()`` -> ``(state, version)``: the agreed
+        :class:`~nodedb.voting.state.ClusterState` and the index of the last Voting log entry
+        it includes.
+    :param partition_bits: the high bits of an element id that name its partition.
+    """
+
+    def serve(request):
+        state, version = agreed()
+        return describe(state, version, partition_bits, check_since(request.get("since")))
+
+    api.register("map", serve, client=True)
+
+
 def check_since(value):
     """The ``since`` field of a ``map`` request: None, or the version the client holds."""
     if value is not None and (type(value) is not int or value < 0):

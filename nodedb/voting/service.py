@@ -113,7 +113,7 @@ class VotingService(Service):
         api.register("raft.message", self._serve_message)
         api.register("voting.elect", self._serve_elect)
         api.register("admin.recover", self._serve_recover, client=True)
-        api.register("map", self._serve_map, client=True)
+        client_map.install(api, lambda: (self.state, self._state_index), self._partition_bits)
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -310,11 +310,6 @@ class VotingService(Service):
             except (ChangeInProgress, ValueError):
                 pass
         self._process()
-
-    def _serve_map(self, request):
-        """The partition map for clients (:mod:`nodedb.voting.client_map`)."""
-        since = client_map.check_since(request.get("since"))
-        return client_map.describe(self.state, self._state_index, self._partition_bits, since)
 
     # -- recovery from a lost majority ------------------------------------------------------
 

@@ -91,9 +91,8 @@ class FakeCluster:
 
     def client(self, partition_aware=True, given="h0"):
         address = self.addresses[given]
-        return start_client(
-            self.clock, [(address, self.endpoints[address])], self.endpoints.__getitem__, timeout=5.0, partition_aware=partition_aware
-        )
+        named = [(address, self.endpoints[address])]
+        return start_client(self.clock, named, self.endpoints.__getitem__, timeout=5.0, partition_aware=partition_aware)
 
     def pump(self, until=None):
         assert pump_all(self.endpoints.values(), self.clock, until=until)
