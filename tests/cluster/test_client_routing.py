@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("seed_report")
 
 
 def host_id(host):
-    return host.node.identity["host_id"]
+    return host.node.identity.host_id
 
 
 def settled_cluster(seed):
