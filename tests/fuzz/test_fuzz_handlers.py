@@ -55,7 +55,9 @@ GET_WITHIN = 20.0
 #: clients' cluster).
 SHARED_PEER_OPS = frozenset({"gossip.ping", "query.forward"})
 #: The operations every node serves today; the enumeration must find at least these.
-KNOWN_CLIENT_OPS = {"hello", "insert", "get", "update", "delete", "scan", "transaction", "status", "ping", "admin.recover"}
+KNOWN_CLIENT_OPS = {
+    "hello", "insert", "get", "update", "delete", "scan", "transaction", "status", "ping", "map", "admin.recover"
+}
 KNOWN_PEER_OPS = {
     "gossip.push", "gossip.sync", "gossip.join", "gossip.ping",
     "query.forward", "query.relay",
@@ -362,6 +364,11 @@ def _transaction(c, draw):
 @base("status", "ping", "gossip.ping")
 def _nothing(c, draw):
     return {}
+
+
+@base("map")
+def _map(c, draw):
+    return {"since": _one_of(draw, 0, 1, 2**63, label="since")}
 
 
 @base("admin.recover")
