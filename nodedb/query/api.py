@@ -137,9 +137,7 @@ class RequestAPI:
             raise errors.ProtocolError(f"unknown role {role!r}")
         if role == "peer" and self._admit_peer is not None:
             self._admit_peer(request, channel)
-        channel.role = role
-        channel.peer_host = request.get("host") if role == "peer" else None
-        channel.greeted = True
+        channel.accept_hello(role, request.get("host") if role == "peer" else None)
         return self._hello()
 
 

@@ -15,6 +15,9 @@ side) also keeps the guard's limits: it serves at most ``max_in_flight`` request
 from the connection, so TCP pushes back on the sender; frames already received wait, in
 order, until a request in service is answered. It stops reading too while the other end does
 not read its replies (the transport's write buffer is full).
+
+Its connection lifecycle (awaiting hello, greeted, closing, closed) and its read back-pressure
+are explicit state machines: see :mod:`nodedb.wire.lifecycle`.
 """
 
 from OpenSSL import SSL
@@ -27,6 +30,8 @@ from zope.interface import implementer
 
 from nodedb import errors
 from nodedb import codec
+from nodedb.wire.lifecycle import CONNECTED, HELD, HELD_AND_BLOCKED, READING, ConnectionState, ReadingState
+from nodedb.wire.lifecycle import connection_lifecycle, reading_lifecycle
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
@@ -55,33 +60,61 @@ class Channel(Int32StringReceiver):
         self.on_made = on_made
         self.on_lost = on_lost
         self.guard = guard
-        self.connected_ = False
-        #: Set by the serving side once the peer's hello was accepted, with the role it gave.
-        self.greeted = False
-        self.role = None
-        #: The host id a peer's hello gave.
-        self.peer_host = None
+        self._connection = ConnectionState()
+        self._lifecycle = connection_lifecycle(self._connection)
+        self._reading = ReadingState()
+        self._back_pressure = reading_lifecycle(self._reading)
         self._next_id = 1
         self._pending = {}  # request id -> (Deferred, deadline)
         self.peer = None
         self.peer_max_frame = None
         #: Requests of the other end being served (those whose reply is a Deferred not fired).
         self.serving = 0
-        #: True while reading is paused because ``serving`` reached the in-flight limit.
-        self.held = False
         # Times on the guard's clock: connected, last bytes received (or last request
-        # answered), first bytes of a frame still incomplete, closed by this end.
+        # answered), first bytes of a frame still incomplete.
         self.made_at = self.last_heard = None
         self.partial_since = None
-        self.closing_since = None
-        self._write_blocked = False  # the transport's write buffer is full
+        # ``paused`` (Twisted's flag, which its frame loop reads) is set only while reading
+        # from the transport is actually paused.
         self._producing = False  # registered as the transport's producer
         self._receiving = False  # inside dataReceived
+
+    # -- what the lifecycles show (read-only: the machines change them) ---------------------
+
+    @property
+    def connected_(self):
+        """Whether the connection is up: from connectionMade until connectionLost."""
+        return self._connection.phase in CONNECTED
+
+    @property
+    def greeted(self):
+        """Whether the serving side accepted the other end's hello (:meth:`accept_hello`)."""
+        return self._connection.role is not None
+
+    @property
+    def role(self):
+        """The role the other end's hello gave (``client`` or ``peer``), None before it."""
+        return self._connection.role
+
+    @property
+    def peer_host(self):
+        """The host id a peer's hello gave."""
+        return self._connection.host
+
+    @property
+    def closing_since(self):
+        """When this end began closing the connection, on the guard's clock (else None)."""
+        return self._connection.closing_since
+
+    @property
+    def held(self):
+        """Whether reading is held because ``serving`` reached the in-flight limit."""
+        return self._reading.state in (HELD, HELD_AND_BLOCKED)
 
     # -- connection events ------------------------------------------------------------------
 
     def connectionMade(self):
-        self.connected_ = True
+        self._lifecycle.made()
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         if self.guard is not None:
@@ -99,6 +132,7 @@ class Channel(Int32StringReceiver):
 
     def _refuse(self, reason):
         """Close a connection the guard did not admit, at once."""
+        self._lifecycle.close(self.made_at)
         if ISSLTransport.providedBy(self.transport):
             # Under TLS a reply would wait for a handshake the other end may never finish.
             self.transport.abortConnection()
@@ -109,7 +143,9 @@ class Channel(Int32StringReceiver):
     def close(self, reason=None):
         """Close the connection, after a ``ProtocolError`` frame saying *reason* (if given)."""
         transport = self.transport
-        if transport is None or transport.disconnecting or not self.connected_:
+        if transport is None or transport.disconnecting:
+            return
+        if not self._lifecycle.close(None if self.guard is None else self.guard.clock.seconds()):
             return
         if reason is not None:
             self._send_error(None, errors.ProtocolError(reason))
@@ -117,12 +153,20 @@ class Channel(Int32StringReceiver):
             # A registered producer would keep the transport from closing.
             self._producing = False
             transport.unregisterProducer()
-        if self.guard is not None:
-            self.closing_since = self.guard.clock.seconds()
         transport.loseConnection()
 
+    def note_closing(self, now):
+        """The guard saw the transport closing, though not by :meth:`close`: a grace before
+        :meth:`abort` counts from *now*."""
+        self._lifecycle.closing_seen(now)
+
+    def abort(self, now):
+        """Abort a connection that is closing and not gone yet (again if this is not enough)."""
+        self._lifecycle.aborted(now)
+        self.transport.abortConnection()
+
     def connectionLost(self, reason):
-        self.connected_ = False
+        self._lifecycle.lost()
         unread = len(self.recvd)
         if unread and not self.transport.disconnecting:
             # The other end went away in the middle of a frame: bad input like any other.
@@ -199,6 +243,11 @@ class Channel(Int32StringReceiver):
 
     # -- serving requests -------------------------------------------------------------------
 
+    def accept_hello(self, role, host=None):
+        """The serving side accepted the other end's hello, which gave *role* and, from a
+        peer, its *host* id."""
+        self._lifecycle.hello(role, host)
+
     def _serve(self, request):
         request_id = request.get("id")
         if type(request_id) is not int:
@@ -226,8 +275,8 @@ class Channel(Int32StringReceiver):
             self.serving += 1
             result.addCallbacks(self._send_ok, self._send_failure, (request_id,), None, (request_id, request))
             result.addBoth(self._served)
-            if self.serving >= self.guard.limits.in_flight_for(self.role):
-                self._update_reading()
+            if self.serving >= self.guard.limits.in_flight_for(self._connection.role):
+                self._check_in_flight()
         else:
             self._send_ok(result, request_id)
 
@@ -265,42 +314,51 @@ class Channel(Int32StringReceiver):
         if self.serving == 0:
             # Idle time counts from the last reply, not from the request.
             self.last_heard = self.guard.clock.seconds()
-        if self.held or self._write_blocked:
-            self._update_reading()
+        if self._reading.state != READING:
+            self._check_in_flight()
         return passthrough
 
-    def _update_reading(self):
-        """Pause reading while the in-flight limit is reached or the other end does not read
-        its replies; resume (and serve the frames already received) once neither holds."""
-        limit = self.guard.limits.in_flight_for(self.role)
-        was_held, self.held = self.held, self.serving >= limit
-        if self.held and not was_held:
-            self.guard.held += 1
-            self._log.debug("{peer} has {count} requests in service: reading paused", peer=self.peer, count=self.serving)
-        pause = self.held or self._write_blocked
-        transport = self.transport
-        if pause == self.paused or not self.connected_ or transport.disconnecting:
+    def _check_in_flight(self):
+        """Hold reading while the requests in service are at the in-flight limit."""
+        held = self.serving >= self.guard.limits.in_flight_for(self._connection.role)
+        if held == self.held:
             return
-        self.paused = pause
-        if pause:
+        if not held:
+            if self._back_pressure.limit_freed():
+                self._resume_reading()
+            return
+        self.guard.held += 1
+        self._log.debug("{peer} has {count} requests in service: reading paused", peer=self.peer, count=self.serving)
+        if self._back_pressure.limit_reached():
+            self._pause_reading()
+
+    def _pause_reading(self):
+        transport = self.transport
+        if self.connected_ and not transport.disconnecting:
+            self.paused = True
             self.partial_since = None
             transport.pauseProducing()
+
+    def _resume_reading(self):
+        """Read again, and serve the frames that arrived before the pause."""
+        transport = self.transport
+        if not self.connected_ or transport.disconnecting:
             return
+        self.paused = False
         transport.resumeProducing()
         if not self._receiving:
-            # Serve the frames that arrived before the pause (inside dataReceived, its own
-            # loop goes on with them once it sees the pause lifted).
+            # (Inside dataReceived, its own loop goes on with them once it sees the pause lifted.)
             self.dataReceived(b"")
 
     # IPushProducer: the transport calls these as its write buffer fills and drains.
 
     def pauseProducing(self):
-        self._write_blocked = True
-        self._update_reading()
+        if self._back_pressure.write_blocked():
+            self._pause_reading()
 
     def resumeProducing(self):
-        self._write_blocked = False
-        self._update_reading()
+        if self._back_pressure.write_unblocked():
+            self._resume_reading()
 
     def stopProducing(self):
         self._producing = False

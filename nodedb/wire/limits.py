@@ -169,10 +169,9 @@ class ConnectionGuard:
                 continue
             if transport.disconnecting or channel.closing_since is not None:
                 if channel.closing_since is None:
-                    channel.closing_since = now
+                    channel.note_closing(now)
                 elif now - channel.closing_since >= CLOSE_GRACE:
-                    channel.closing_since = now
-                    transport.abortConnection()
+                    channel.abort(now)
                 continue
             if not channel.greeted:
                 if now - channel.made_at >= limits.handshake_timeout:

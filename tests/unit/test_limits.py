@@ -56,8 +56,7 @@ class Server:
     def __call__(self, message, channel):
         op = message["op"]
         if op == "hello":
-            channel.greeted = True
-            channel.role = message.get("role", "client")
+            channel.accept_hello(message.get("role", "client"))
             return {"max_frame": self.max_frame} if self.max_frame else {}
         self.dispatched.append(message["id"])
         if op == "hold":

@@ -24,6 +24,9 @@ class FakeChannel:
     greeted = False
     role = None
 
+    def accept_hello(self, role, host):
+        self.greeted, self.role = True, role
+
 
 @pytest.fixture
 def clock():
