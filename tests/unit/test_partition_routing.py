@@ -51,7 +51,7 @@ class FakeHost:
     def dispatch(self, request, channel):
         op = request["op"]
         if op == "hello":
-            channel.greeted = True
+            channel.accept_hello(request.get("role", "client"))
             return {"version": 1, "host": self.name, "cluster": self.cluster.id}
         arguments = {k: v for k, v in request.items() if k not in ("id", "op")}
         self.served.append((op, arguments))
