@@ -110,6 +110,11 @@ def _build_connection():
     unconnected.upon(ConnectionEvents.close).loop().returns(False)
     closing.upon(ConnectionEvents.close).loop().returns(False)
     closed.upon(ConnectionEvents.close).loop().returns(False)
+    # A hello served after this end began closing, or a second loss, changes nothing: the
+    # other end's bytes must never raise here.
+    closing.upon(ConnectionEvents.hello).loop().returns(None)
+    closed.upon(ConnectionEvents.hello).loop().returns(None)
+    closed.upon(ConnectionEvents.lost).loop().returns(None)
 
     @awaiting_hello.upon(ConnectionEvents.closing_seen).to(closing)
     @greeted.upon(ConnectionEvents.closing_seen).to(closing)

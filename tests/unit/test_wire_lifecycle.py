@@ -81,6 +81,18 @@ class TestConnection:
             machine.hello("peer", "h2")
         assert state.role == "client"
 
+    def test_a_hello_or_a_loss_after_closing_changes_nothing(self):
+        # The other end's bytes may still be served as this end closes: they must not raise.
+        state, machine = connection()
+        machine.made()
+        machine.close(2.0)
+        machine.hello("peer", "h2")
+        assert (state.phase, state.role, state.host) == (CLOSING, None, None)
+        machine.lost()
+        machine.hello("client", None)
+        machine.lost()
+        assert (state.phase, state.role) == (CLOSED, None)
+
     @pytest.mark.parametrize("greet", [False, True])
     def test_a_transport_seen_closing_is_closing_from_then_and_aborts_move_the_time(self, greet):
         state, machine = connection()
