@@ -93,13 +93,15 @@ class PartitionMap:
             return None
         return self.partitions[partition][0]
 
-    def target(self, op, arguments, turn):
+    def target(self, op, arguments, turn, own=None):
         """The host to send request *op* to, or None for any host.
 
-        Requests on one element go to its partition's primary; an insert without ``near``
-        (and a transaction of such inserts) to the primaries in turns of
-        :data:`INSERTS_PER_TURN`, so that a client's inserts spread over the hosts that
-        allocate ids. A ``replica`` read (any host with a copy answers it), a scan (every
+        Requests on one element go to its partition's primary. An insert without ``near`` (and
+        a transaction of such inserts) goes to *own*, the host of the any-host connection, when
+        it is a primary: it takes such inserts itself, with no hop, and clients connected to
+        different hosts keep their load spread (when every client took every primary in turns,
+        the clients moved from primary to primary together: 0.86x the inserts). Otherwise it
+        goes to the primaries in turns of :data:`INSERTS_PER_TURN`. A ``replica`` read (any host with a copy answers it), a scan (every
         partition's primary takes part in each page, asked by whichever host takes it) and
         every other request go to any host.
 
@@ -111,7 +113,7 @@ class PartitionMap:
             return self.primary_of(arguments.get("key"))
         if op == "insert":
             near = arguments.get("near")
-            return self._any_primary(turn) if near is None else self.primary_of(near)
+            return self._any_primary(turn, own) if near is None else self.primary_of(near)
         if op == "transaction":
             # Its home is the partition of its first operation with a key or near, and the
             # home's primary coordinates it.
@@ -119,11 +121,13 @@ class PartitionMap:
                 anchor = operation.get("key", operation.get("near"))
                 if anchor is not None:
                     return self.primary_of(anchor)
-            return self._any_primary(turn)
+            return self._any_primary(turn, own)
         return None
 
-    def _any_primary(self, turn):
+    def _any_primary(self, turn, own):
         primaries = self.primaries
+        if own in primaries:
+            return own
         return primaries[next(turn) // INSERTS_PER_TURN % len(primaries)] if primaries else None
 
 
@@ -163,8 +167,9 @@ class DirectRoutes:
         partition_map = self.map
         if partition_map is None:
             return None, None
-        host = partition_map.target(op, arguments, self._turn)
-        if host is None or host == self._main.server.get("host") or (self._avoid and self._avoided(host)):
+        own = self._main.server.get("host")
+        host = partition_map.target(op, arguments, self._turn, own)
+        if host is None or host == own or (self._avoid and self._avoided(host)):
             return None, None  # any host, or the host of the any-host connection itself
         entry = self._connections.get(host)
         if entry is None:
