@@ -7,26 +7,19 @@ their reliability to ``host.reliability``, and tells joining hosts ``cluster()``
 installs and starts it, on a network of a few such hosts.
 """
 
-import pytest
 from zope.interface.verify import verifyObject
 
 from nodedb.gossip.state import HostEntry
 from nodedb.interfaces import IGossip, INetworkInformation
-from nodedb.testing.peers import PeerNetwork
+from nodedb.testing.peers import OnPeerNetwork
 from nodedb.topology.vivaldi import Coordinate
 
 CLUSTER = {"id": "c1", "partitions": 4, "replicas": 2, "partition_bits": 4}
 
 
-class GossipContract:
+class GossipContract(OnPeerNetwork):
     def make_gossip(self, host, entry, cluster):
         raise NotImplementedError
-
-    @pytest.fixture
-    def peers(self):
-        peers = PeerNetwork(seed=1)
-        yield peers
-        peers.stop()
 
     def start_gossip(self, peers, host_id, cluster=lambda: dict(CLUSTER)):
         """:return: ``(host, provider)``: a new host of *peers* running a started provider."""

@@ -19,7 +19,7 @@ from nodedb import codec, errors
 from nodedb.interfaces import ILogSync
 from nodedb.storage import Insert
 from nodedb.testing import failure_result_of, no_result, success_result_of
-from nodedb.testing.peers import LAYOUT, PeerNetwork
+from nodedb.testing.peers import LAYOUT, OnPeerNetwork
 from nodedb.voting.state import ClusterState
 
 EPOCH = 1
@@ -61,15 +61,9 @@ class Replica:
         return results, epochs
 
 
-class LogSyncContract:
+class LogSyncContract(OnPeerNetwork):
     def make_logsync(self, host, on_syncing):
         raise NotImplementedError
-
-    @pytest.fixture
-    def peers(self):
-        peers = PeerNetwork(seed=1)
-        yield peers
-        peers.stop()
 
     @pytest.fixture
     def replicas(self, peers):

@@ -20,6 +20,8 @@ the same footing as the first. Everything runs on the network's fake clock: no s
 
 import random
 
+import pytest
+
 from nodedb.ids import IdLayout
 from nodedb.query.api import RequestAPI
 from nodedb.reliability.service import Reliability
@@ -135,3 +137,14 @@ class PeerNetwork:
         for host in self.hosts.values():
             host.transport.stopService()
         self.run(1.0)
+
+
+class OnPeerNetwork:
+    """The ``peers`` fixture of the contract suites: a seeded :class:`PeerNetwork`, stopped
+    after each test."""
+
+    @pytest.fixture
+    def peers(self):
+        peers = PeerNetwork(seed=1)
+        yield peers
+        peers.stop()

@@ -23,7 +23,7 @@ from nodedb.interfaces import ITransactions
 from nodedb.logsync.service import LogSyncService
 from nodedb.query.local import LocalQuery
 from nodedb.testing import failure_result_of, success_result_of
-from nodedb.testing.peers import LAYOUT, PeerNetwork
+from nodedb.testing.peers import LAYOUT, OnPeerNetwork
 from nodedb.transactions.locks import LockTable, stored_prepares
 from nodedb.voting.state import ClusterState
 
@@ -46,15 +46,9 @@ class Party:
         return None if found is None else codec.decode(found[0])
 
 
-class TransactionsContract:
+class TransactionsContract(OnPeerNetwork):
     def make_transactions(self, host, local, primary_of, call):
         raise NotImplementedError
-
-    @pytest.fixture
-    def peers(self):
-        peers = PeerNetwork(seed=1)
-        yield peers
-        peers.stop()
 
     @pytest.fixture
     def parties(self, peers):

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from nodedb import errors
 from nodedb.interfaces import IClusterView, IVoting
 from nodedb.testing import failure_result_of
-from nodedb.testing.peers import PeerNetwork
+from nodedb.testing.peers import OnPeerNetwork
 from nodedb.voting.formation import bootstrap_decision
 
 IDENTITY = {"host_id": "a", "cluster_id": "c1", "partitions": 4, "replicas": 2}
@@ -42,15 +42,9 @@ class Member:
         return d
 
 
-class VotingContract:
+class VotingContract(OnPeerNetwork):
     def make_voting(self, host, on_change, elect):
         raise NotImplementedError
-
-    @pytest.fixture
-    def peers(self):
-        peers = PeerNetwork(seed=1)
-        yield peers
-        peers.stop()
 
     @pytest.fixture
     def cluster(self, peers):
