@@ -5,7 +5,9 @@ import struct
 
 import pytest
 from twisted.internet import defer
-from twisted.internet.testing import StringTransport
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.python.failure import Failure
 
@@ -14,7 +16,7 @@ from nodedb.errors import InvalidRequest, NodeDBError, NotFound, ProtocolError, 
 from nodedb.testing import failure_result_of, no_result, success_result_of, written_frames
 from nodedb.testing.network import connect
 from nodedb import codec
-from nodedb.wire.channel import PROTOCOL_VERSION, Channel, hello_request
+from nodedb.wire.channel import FLUSH_EVERY, PROTOCOL_VERSION, Channel, hello_request
 
 
 def frame(message):
@@ -51,11 +53,56 @@ def echo():
     return Recorder(echo=lambda request: request.get("value"))
 
 
+class SocketTransport(FileDescriptor):
+    """A socket transport whose socket takes everything it is given, into *sent*."""
+
+    def __init__(self):
+        super().__init__(MemoryReactor())
+        self.connected = 1
+        self.sent = []
+
+    def writeSomeData(self, data):
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def getPeer(self):
+        return IPv4Address("TCP", "127.0.0.1", 9)
+
+    getHost = getPeer
+
+    def sent_frames(self):
+        data, frames = b"".join(self.sent), []
+        while data:
+            (length,) = struct.unpack(">I", data[:4])
+            frames.append(codec.decode(data[4 : 4 + length]))
+            data = data[4 + length :]
+        return frames
+
+
 class TestServing:
     def test_replies_carry_the_request_id(self):
         channel, transport = serving(echo())
         channel.dataReceived(frame({"id": 7, "op": "echo", "value": [1, "x"]}) + frame({"id": 8, "op": "echo"}))
         assert replies(transport) == [{"id": 7, "ok": [1, "x"]}, {"id": 8, "ok": None}]
+
+    def test_a_burst_of_replies_reaches_the_socket_while_it_is_served(self):
+        channel, transport = Channel(echo()), SocketTransport()
+        channel.makeConnection(transport)
+        count = 2 * FLUSH_EVERY + 3
+        channel.dataReceived(b"".join(frame({"id": i, "op": "echo", "value": i}) for i in range(count)))
+        assert transport.sent_frames() == [{"id": i, "ok": i} for i in range(2 * FLUSH_EVERY)]
+        transport.doWrite()  # the reactor's turn sends the rest
+        assert transport.sent_frames() == [{"id": i, "ok": i} for i in range(count)]
+
+    def test_a_closing_socket_is_left_to_the_reactor(self):
+        waiting = [defer.Deferred() for _ in range(FLUSH_EVERY)]
+        channel, transport = Channel(Recorder(wait=lambda request: waiting[request["value"]])), SocketTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"".join(frame({"id": i, "op": "wait", "value": i}) for i in range(FLUSH_EVERY)))
+        transport.disconnecting = True  # as loseConnection leaves it, the buffer still to send
+        for d in waiting:
+            d.callback("done")
+        assert transport.sent == []
 
     def test_frames_may_be_split_at_any_byte(self):
         data = frame({"id": 1, "op": "echo", "value": "a" * 40}) + frame({"id": 2, "op": "echo", "value": {"k": b"v"}})
