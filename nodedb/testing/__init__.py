@@ -112,3 +112,15 @@ def written_frames(transport):
         out.append(codec.decode(data[4 : 4 + length]))
         data = data[4 + length :]
     return out
+
+
+async def failure_of(d, *types):
+    """Wait for the Deferred *d* and return the exception it failed with.
+
+    :raise AssertionError: if it succeeds, or fails with a type other than *types*.
+    """
+    try:
+        result = await d
+    except types as e:
+        return e
+    raise AssertionError(f"expected a failure with {', '.join(t.__name__ for t in types)}, got {result!r}")

@@ -48,6 +48,7 @@ from nodedb.storage import (
     Update,
 )
 from nodedb import codec
+from nodedb.testing import failure_of
 
 #: The timestamp the tests record with their commits (exactly representable as a double).
 T0 = 1_700_000_000.25
@@ -64,18 +65,6 @@ def log_rows(entries):
         (e.partition, e.commit_id, e.epoch, e.timestamp, ChangeType(e.change_type), e.record_type, e.element_id, bytes(e.data))
         for e in entries
     ]
-
-
-async def failure_of(d, *types):
-    """Wait for the Deferred *d* and return the exception it failed with.
-
-    :raise AssertionError: if it succeeds, or fails with a type other than *types*.
-    """
-    try:
-        result = await d
-    except types as e:
-        return e
-    raise AssertionError(f"expected a failure with {', '.join(t.__name__ for t in types)}, got {result!r}")
 
 
 class _BackendFixtures:

@@ -30,6 +30,7 @@ from zope.interface.verify import verifyObject
 
 from nodedb import errors
 from nodedb.interfaces import IPeerTransport
+from nodedb.testing import failure_of
 from nodedb.wire.address import format_address
 
 #: The request the transports under test send as their heartbeat.
@@ -82,18 +83,6 @@ async def wait_for(condition, what, patience=PATIENCE):
         if reactor.seconds() > deadline:
             raise AssertionError(f"waited {patience} s for {what}")
         await task.deferLater(reactor, 0.01, lambda: None)
-
-
-async def failure_of(d, *types):
-    """Wait for the Deferred *d* and return the exception it failed with.
-
-    :raise AssertionError: if it succeeds, or fails with a type other than *types*.
-    """
-    try:
-        result = await d
-    except types as e:
-        return e
-    raise AssertionError(f"expected a failure with {', '.join(t.__name__ for t in types)}, got {result!r}")
 
 
 class PeerTransportContract:

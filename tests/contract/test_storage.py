@@ -14,7 +14,8 @@ from nodedb.storage import SCHEMA_VERSION, ChangeType, Delete, Insert, Partition
 from nodedb.storage.lmdb import LMDBStorage
 from nodedb.storage.memory import MemoryStorage
 from nodedb.testing import failure_result_of, success_result_of
-from nodedb.testing.storage_contract import T0, DurableStorageContract, StorageBackendContract, doc, failure_of, log_rows
+from nodedb.testing import failure_of
+from nodedb.testing.storage_contract import T0, DurableStorageContract, StorageBackendContract, doc, log_rows
 from nodedb import codec
 
 MAP_SIZE = 64 * 1024 * 1024
